@@ -9,10 +9,13 @@
 //!   names the offending field.
 //! - [`codec`]: Kafka payloads in protobuf or JSON, and the topic and key
 //!   conventions.
+//! - [`stream_file`]: `.jsonl` and `.pb` files of stream records, as the
+//!   simulator writes them and training reads them.
 //!
 //! See `docs/CONTRACT.md` for the JSON mapping and topic layout.
 
 pub mod codec;
+pub mod stream_file;
 pub mod validate;
 
 /// The generated `fraudgraph.v1` package.
