@@ -54,9 +54,9 @@ impl PayloadFormat {
     pub fn from_content_type(value: &str) -> Option<Self> {
         let essence = value.split(';').next().unwrap_or("").trim();
         match essence.to_ascii_lowercase().as_str() {
-            "application/x-protobuf" | "application/protobuf" | "application/vnd.google.protobuf" => {
-                Some(PayloadFormat::Protobuf)
-            }
+            "application/x-protobuf"
+            | "application/protobuf"
+            | "application/vnd.google.protobuf" => Some(PayloadFormat::Protobuf),
             "application/json" => Some(PayloadFormat::Json),
             _ => None,
         }
@@ -102,9 +102,8 @@ impl Payload for StreamRecord {}
 pub fn encode<M: Payload>(message: &M, format: PayloadFormat) -> Vec<u8> {
     match format {
         PayloadFormat::Protobuf => message.encode_to_vec(),
-        PayloadFormat::Json => {
-            serde_json::to_vec(message).expect("pbjson serialization of a prost message cannot fail")
-        }
+        PayloadFormat::Json => serde_json::to_vec(message)
+            .expect("pbjson serialization of a prost message cannot fail"),
     }
 }
 
@@ -167,7 +166,8 @@ mod tests {
     /// integers as strings, unset optionals omitted.
     #[test]
     fn json_mapping_is_the_documented_one() {
-        let json: serde_json::Value = serde_json::from_slice(&encode(&txn(), PayloadFormat::Json)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode(&txn(), PayloadFormat::Json)).unwrap();
         assert_eq!(json["txn_id"], "t-9");
         assert_eq!(json["event_time_ms"], "1700000123456");
         assert_eq!(json["amount_minor"], "9999");

@@ -104,7 +104,10 @@ impl Violations {
         } else if value.len() > MAX_ID_LEN {
             self.push(
                 field,
-                format!("must be at most {MAX_ID_LEN} characters, got {}", value.len()),
+                format!(
+                    "must be at most {MAX_ID_LEN} characters, got {}",
+                    value.len()
+                ),
             );
         } else if let Some(c) = value.chars().find(|c| !is_id_char(*c)) {
             self.push(
@@ -177,7 +180,10 @@ pub fn transaction(txn: &Transaction, now_ms: Option<i64>) -> Result<(), Validat
     } else if txn.amount_minor > MAX_AMOUNT_MINOR {
         v.push(
             "amount_minor",
-            format!("must be at most {MAX_AMOUNT_MINOR}, got {}", txn.amount_minor),
+            format!(
+                "must be at most {MAX_AMOUNT_MINOR}, got {}",
+                txn.amount_minor
+            ),
         );
     }
     if !is_upper_code(&txn.currency, 3) {
@@ -208,9 +214,10 @@ pub fn transaction(txn: &Transaction, now_ms: Option<i64>) -> Result<(), Validat
         );
     }
     match (channel, txn.counterparty_account_id.as_deref()) {
-        (Some(Channel::Transfer), None) => {
-            v.push("counterparty_account_id", "is required for CHANNEL_TRANSFER")
-        }
+        (Some(Channel::Transfer), None) => v.push(
+            "counterparty_account_id",
+            "is required for CHANNEL_TRANSFER",
+        ),
         (Some(Channel::Transfer), Some(cp)) => {
             v.id("counterparty_account_id", cp);
             if cp == txn.account_id {
@@ -300,7 +307,9 @@ mod tests {
             ("txn_id", |t| t.txn_id = "x".repeat(65)),
             ("txn_id", |t| t.txn_id = "t 1".into()),
             ("event_time_ms", |t| t.event_time_ms = 0),
-            ("event_time_ms", |t| t.event_time_ms = 1_700_000_000_000 + 301_000),
+            ("event_time_ms", |t| {
+                t.event_time_ms = 1_700_000_000_000 + 301_000
+            }),
             ("account_id", |t| t.account_id.clear()),
             ("device_id", |t| t.device_id = Some(String::new())),
             ("ip", |t| t.ip = Some("300.1.1.1".into())),
