@@ -1,0 +1,4 @@
+//! The subcommands of the `fraudgraph` binary, one module each.
+
+pub mod doctor;
+pub mod simulate;

@@ -1,0 +1,43 @@
+//! `fraudgraph`: the real-time fraud scoring service and its operational
+//! subcommands.
+//!
+//! - `doctor`: checks libtorch, CUDA, LightGBM and (optionally) the Kafka broker.
+//! - `simulate`: writes the simulated transaction world to a file or a topic.
+//!
+//! Each subcommand lives in its own module under [`commands`]; this file only
+//! parses the command line, sets up logging and dispatches.
+
+mod commands;
+mod kafka;
+
+use clap::{Parser, Subcommand};
+
+/// Real-time fraud detection on a live transaction graph.
+#[derive(Parser)]
+#[command(name = "fraudgraph", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the runtime: libtorch version, CUDA, LightGBM, Kafka.
+    Doctor(commands::doctor::DoctorArgs),
+    /// Generate the simulated payment stream to a file or a Kafka topic.
+    Simulate(commands::simulate::SimulateArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FRAUDGRAPH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Doctor(args) => commands::doctor::run(args),
+        Command::Simulate(args) => commands::simulate::run(args),
+    }
+}
