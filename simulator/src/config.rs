@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_START_MS: i64 = 1_767_225_600_000;
 
 /// Everything that shapes one simulated stream. Same config, same bytes.
+///
+/// In a config file, any field may be left out (its default applies) and an
+/// unknown field is an error, so a misspelt knob is never silently ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// Transactions to generate, legitimate and fraudulent together.
     pub transactions: u64,
@@ -35,6 +39,7 @@ pub struct SimConfig {
 
 /// Relative weights of the fraud typologies in the fraud budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TypologyMix {
     /// Organised rings sharing devices and IPs.
     pub ring: f64,
@@ -50,6 +55,7 @@ pub struct TypologyMix {
 
 /// The knobs that make fraud harder or easier to detect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Difficulty {
     /// Probability that a ring or mule fraud transaction uses the member's own
     /// device, IP and time-zone instead of the ring's shared pool. Higher hides

@@ -217,6 +217,10 @@ pub(crate) const ECOMMERCE: u8 = 2;
 pub(crate) const MOBILE_APP: u8 = 3;
 pub(crate) const TRANSFER: u8 = 4;
 
+/// The merchants of one category in one country, with popularity weights
+/// (`None` when there is only one).
+pub(crate) type MerchantPool = (Vec<u32>, Option<WeightedIndex<f64>>);
+
 pub(crate) struct Merchant {
     pub category: u8,
     pub country: u8,
@@ -284,7 +288,7 @@ pub(crate) struct World {
     pub households: Vec<Household>,
     pub merchants: Vec<Merchant>,
     /// Merchants by [category][country], with popularity weights.
-    pub merchant_index: Vec<Vec<(Vec<u32>, Option<WeightedIndex<f64>>)>>,
+    pub merchant_index: Vec<Vec<MerchantPool>>,
     /// Mobile carrier NAT pools by [country][carrier]: many customers share each IP.
     pub carrier_ips: Vec<Vec<Vec<u32>>>,
     /// Public wifi / hotel IPs by country.

@@ -172,8 +172,11 @@ fn no_label_leaks_into_transactions() {
     assert!(txns.iter().any(|t| fraud.contains(t.txn_id.as_str())));
 }
 
+/// The distinct accounts seen with each entity.
+type AccountsBy<'a> = HashMap<&'a str, HashSet<&'a str>>;
+
 /// Distinct accounts per device and per IP, over the whole stream.
-fn sharing(txns: &[Transaction]) -> (HashMap<&str, HashSet<&str>>, HashMap<&str, HashSet<&str>>) {
+fn sharing(txns: &[Transaction]) -> (AccountsBy<'_>, AccountsBy<'_>) {
     let (mut by_device, mut by_ip): (HashMap<_, HashSet<_>>, HashMap<_, HashSet<_>>) =
         Default::default();
     for t in txns {
