@@ -175,6 +175,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         written += 1;
         if written.is_multiple_of(8192) {
             bar.set_position(written);
+            // Without a terminal the bar is hidden: log every tenth instead.
+            let tenth = (sim.len() / 10).max(1);
+            if bar.is_hidden() && written / tenth != (written - 8192) / tenth {
+                tracing::info!("simulate: {written}/{} records", sim.len());
+            }
         }
     }
     bar.finish_and_clear();
