@@ -105,6 +105,20 @@ impl Default for SimConfig {
     }
 }
 
+impl TypologyMix {
+    /// The weights in proto `Typology` order (ring, mule, takeover, card
+    /// testing, bust-out).
+    pub fn weights(&self) -> [f64; 5] {
+        [
+            self.ring,
+            self.mule,
+            self.account_takeover,
+            self.card_testing,
+            self.bust_out,
+        ]
+    }
+}
+
 impl Default for TypologyMix {
     fn default() -> Self {
         TypologyMix {
@@ -192,14 +206,7 @@ impl SimConfig {
         check((0.0..0.5).contains(&self.fraud_rate), "fraud_rate", || {
             format!("must be at least 0 and below 0.5, got {}", self.fraud_rate)
         })?;
-        let m = &self.typology_mix;
-        let weights = [
-            m.ring,
-            m.mule,
-            m.account_takeover,
-            m.card_testing,
-            m.bust_out,
-        ];
+        let weights = self.typology_mix.weights();
         check(
             weights.iter().all(|w| *w >= 0.0 && w.is_finite()) && weights.iter().sum::<f64>() > 0.0,
             "typology_mix",

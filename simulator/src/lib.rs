@@ -119,14 +119,7 @@ impl Simulation {
         config.validate()?;
         let n = config.transactions;
         let n_fraud = (n as f64 * config.fraud_rate).round() as u64;
-        let m = &config.typology_mix;
-        let weights = [
-            m.ring,
-            m.mule,
-            m.account_takeover,
-            m.card_testing,
-            m.bust_out,
-        ];
+        let weights = config.typology_mix.weights();
         let budget: [u64; fraud::TYPOLOGIES] = apportion(n_fraud, &weights)
             .try_into()
             .expect("one budget per typology");
