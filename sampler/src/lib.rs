@@ -5,6 +5,7 @@
 //! relations, and which relations one transaction creates. The graph store,
 //! the sampler and snapshots build on it.
 
+pub mod graph;
 pub mod schema;
 
 pub use schema::{NodeType, Relation, edges_of};

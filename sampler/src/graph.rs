@@ -1,0 +1,628 @@
+//! The live graph: nodes of every type with their rolling state, typed edges
+//! with their statistics, and the account's recent transactions.
+//!
+//! # Concurrency
+//! One writer (the Kafka applier, or a Score call that applies its
+//! transaction) and many concurrent samplers. Nodes of each type live in
+//! [`SHARDS`] shards, each behind its own `parking_lot::RwLock`; a node is in
+//! the shard its id hashes to. Nobody ever holds two shard locks at once: the
+//! writer updates one endpoint of an edge, releases, then the other, and a
+//! sampler reads one node at a time. So a reader waits at most for one node
+//! update (a few hundred nanoseconds), never for a whole batch, and there is
+//! no lock ordering to get wrong. The price: a reader may see a transaction
+//! half-applied (one endpoint updated, the other not yet). Sampling is causal
+//! by time (see below), so a half-applied transaction at time `t` is
+//! invisible to any target before `t` anyway.
+//!
+//! # Time and causality
+//! Everything the graph stores carries event times, so the sampler can show
+//! the graph exactly as of an instant `t`: edges whose first sighting is
+//! before `t`, edge statistics with the updates at or after `t` taken out, and
+//! node aggregates from a checkpoint taken before `t` (see [`Node`]).
+//!
+//! # Bounds
+//! Each node keeps at most `adjacency_cap` edges per relation side; when a new
+//! neighbour arrives at a full list, the least recently seen edge is dropped
+//! from both of its endpoints, so no edge is ever half-stored.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use fraudgraph_proto::v1::Transaction;
+use parking_lot::{Mutex, RwLock};
+
+use crate::schema::{NodeType, Relation, edges_of};
+
+/// Shards per node type.
+pub const SHARDS: usize = 64;
+const SHARD_BITS: u32 = 6;
+
+/// Event times are stored on edges as seconds since this instant
+/// (2020-01-01T00:00:00Z), in a `u32`: good until 2156.
+pub const EPOCH_MS: i64 = 1_577_836_800_000;
+
+/// Seconds since [`EPOCH_MS`], saturating.
+pub fn epoch_secs(ms: i64) -> u32 {
+    ((ms - EPOCH_MS).div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Time constants of the node aggregates: 1 hour, 24 hours, 7 days.
+pub const WINDOWS_MS: [i64; 3] = [3_600_000, 86_400_000, 604_800_000];
+
+/// Tunables of the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphConfig {
+    /// Most edges one node keeps per relation side (most recent kept).
+    pub adjacency_cap: usize,
+    /// Transactions older than the newest applied event time minus this are
+    /// refused as too late.
+    pub late_window_ms: i64,
+    /// How long applied txn_ids are remembered, by event time, to make apply
+    /// idempotent. At least `late_window_ms`.
+    pub dedupe_window_ms: i64,
+    /// Recent transactions each account keeps for temporal attention.
+    pub sequence_len: usize,
+    /// Aggregate checkpoints a node keeps for targets slightly in the past.
+    pub checkpoints: usize,
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        GraphConfig {
+            adjacency_cap: 64,
+            late_window_ms: 3_600_000,
+            dedupe_window_ms: 86_400_000,
+            sequence_len: 32,
+            checkpoints: 4,
+        }
+    }
+}
+
+/// A node's address: its type is known from context, this is (slot, shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeRef(pub u32);
+
+impl NodeRef {
+    fn new(shard: usize, slot: usize) -> Self {
+        NodeRef(((slot as u32) << SHARD_BITS) | shard as u32)
+    }
+    fn shard(self) -> usize {
+        (self.0 & ((1 << SHARD_BITS) - 1)) as usize
+    }
+    fn slot(self) -> usize {
+        (self.0 >> SHARD_BITS) as usize
+    }
+}
+
+/// Which end of a relation a node is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The node is the relation's source.
+    Out,
+    /// The node is the relation's destination.
+    In,
+}
+
+/// The relation sides each node type has, in the order of `Node::ports`.
+pub fn ports(t: NodeType) -> &'static [(Relation, Side)] {
+    use Relation::*;
+    use Side::*;
+    match t {
+        NodeType::Account => &[
+            (AccountDevice, Out),
+            (AccountIp, Out),
+            (AccountMerchant, Out),
+            (AccountCard, Out),
+            (AccountAccount, Out),
+            (AccountAccount, In),
+        ],
+        NodeType::Device => &[(AccountDevice, In), (DeviceIp, Out)],
+        NodeType::Ip => &[(AccountIp, In), (DeviceIp, In)],
+        NodeType::Merchant => &[(AccountMerchant, In), (CardMerchant, In)],
+        NodeType::Card => &[(AccountCard, In), (CardMerchant, Out)],
+    }
+}
+
+fn port_of(t: NodeType, relation: Relation, side: Side) -> usize {
+    ports(t)
+        .iter()
+        .position(|p| *p == (relation, side))
+        .expect("every relation side belongs to its endpoint type")
+}
+
+/// One edge as stored at one endpoint: the other endpoint and the edge's
+/// statistics. Both endpoints hold the same statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Edge {
+    /// The other endpoint.
+    pub nbr: NodeRef,
+    /// First sighting, [`epoch_secs`].
+    pub first_s: u32,
+    /// Latest sighting, [`epoch_secs`].
+    pub last_s: u32,
+    /// The latest sighting before `last_s` (equal to `first_s` at count 1).
+    pub prev_last_s: u32,
+    /// Transactions over this edge.
+    pub count: u32,
+    /// Their total amount, minor units.
+    pub amount: f32,
+    /// The amount of the latest one.
+    pub last_amount: f32,
+}
+
+/// An edge's statistics as of an instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdgeView {
+    /// The other endpoint.
+    pub nbr: NodeRef,
+    /// First sighting, [`epoch_secs`].
+    pub first_s: u32,
+    /// Latest sighting before the instant.
+    pub last_s: u32,
+    /// Transactions before the instant.
+    pub count: u32,
+    /// Their total amount.
+    pub amount: f32,
+}
+
+impl Edge {
+    /// This edge as of `t_s` (seconds): `None` when it was first seen at or
+    /// after `t_s`, or when two or more of its updates are at or after `t_s`
+    /// (their contribution cannot be taken out exactly, so the edge is hidden
+    /// rather than shown with future information).
+    pub fn as_of(&self, t_s: u32) -> Option<EdgeView> {
+        if self.first_s >= t_s {
+            return None;
+        }
+        if self.last_s < t_s {
+            return Some(EdgeView {
+                nbr: self.nbr,
+                first_s: self.first_s,
+                last_s: self.last_s,
+                count: self.count,
+                amount: self.amount,
+            });
+        }
+        (self.prev_last_s < t_s && self.count >= 2).then(|| EdgeView {
+            nbr: self.nbr,
+            first_s: self.first_s,
+            last_s: self.prev_last_s,
+            count: self.count - 1,
+            amount: (self.amount - self.last_amount).max(0.0),
+        })
+    }
+}
+
+/// Decayed aggregates of a node's transactions up to `l_ms`: for each window
+/// in [`WINDOWS_MS`] a decayed count and amount, and the decayed sum of the
+/// transactions' hour-of-day on the unit circle (cos, sin) over 7 days.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aggregates {
+    /// The newest event time included, Unix ms.
+    pub l_ms: i64,
+    /// `[count_1h, count_24h, count_7d, amount_1h, amount_24h, amount_7d, hour_cos, hour_sin]`.
+    pub v: [f32; 8],
+}
+
+impl Aggregates {
+    fn new() -> Self {
+        Aggregates {
+            l_ms: i64::MIN,
+            v: [0.0; 8],
+        }
+    }
+
+    fn decay_factor(dt_ms: i64, window: usize) -> f32 {
+        (-(dt_ms as f64) / WINDOWS_MS[window] as f64).exp() as f32
+    }
+
+    fn add(&mut self, t_ms: i64, amount: f32) {
+        let hour =
+            ((t_ms.rem_euclid(86_400_000)) as f32 / 3_600_000.0) * std::f32::consts::TAU / 24.0;
+        let values = [
+            1.0,
+            1.0,
+            1.0,
+            amount,
+            amount,
+            amount,
+            hour.cos(),
+            hour.sin(),
+        ];
+        let window_of = [0, 1, 2, 0, 1, 2, 2, 2];
+        if self.l_ms == i64::MIN || t_ms >= self.l_ms {
+            let dt = if self.l_ms == i64::MIN {
+                0
+            } else {
+                t_ms - self.l_ms
+            };
+            for i in 0..8 {
+                self.v[i] = self.v[i] * Self::decay_factor(dt, window_of[i]) + values[i];
+            }
+            self.l_ms = t_ms;
+        } else {
+            // A late event: its contribution, decayed to l_ms.
+            for i in 0..8 {
+                self.v[i] += values[i] * Self::decay_factor(self.l_ms - t_ms, window_of[i]);
+            }
+        }
+    }
+
+    /// The aggregates decayed forward to `t_ms` (which must not be before
+    /// `l_ms`).
+    pub fn at(&self, t_ms: i64) -> [f32; 8] {
+        let window_of = [0, 1, 2, 0, 1, 2, 2, 2];
+        let dt = (t_ms - self.l_ms).max(0);
+        let mut out = self.v;
+        for i in 0..8 {
+            out[i] *= Self::decay_factor(dt, window_of[i]);
+        }
+        out
+    }
+}
+
+/// One of an account's recent transactions, for temporal attention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeqItem {
+    /// Event time, Unix ms.
+    pub time_ms: i64,
+    /// Amount, minor units.
+    pub amount: f32,
+    /// Merchant category code.
+    pub mcc: u16,
+    /// `Channel` value.
+    pub channel: u8,
+    /// Client UTC offset in minutes, or `i16::MIN` when unknown.
+    pub utc_offset_min: i16,
+    /// The merchant.
+    pub merchant: NodeRef,
+    /// Hash of the txn_id, so a target can leave itself out.
+    pub txn_hash: u64,
+}
+
+/// A node's state.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The entity id as the caller spells it.
+    pub key: Box<str>,
+    /// First event time, Unix ms.
+    pub first_ms: i64,
+    /// Aggregates of every transaction applied.
+    pub agg: Aggregates,
+    /// Older copies of `agg`, oldest first, for targets before `agg.l_ms`.
+    pub history: Vec<Aggregates>,
+    /// Adjacency per relation side, in [`ports`] order.
+    pub ports: Box<[Vec<Edge>]>,
+    /// Accounts only: recent transactions in time order.
+    pub sequence: VecDeque<SeqItem>,
+}
+
+impl Node {
+    /// The aggregates as of `t_ms`, from the newest state that includes only
+    /// events before `t_ms`; `None` when every kept state includes later ones.
+    pub fn aggregates_at(&self, t_ms: i64) -> Option<[f32; 8]> {
+        if self.agg.l_ms < t_ms {
+            return Some(self.agg.at(t_ms));
+        }
+        self.history
+            .iter()
+            .rev()
+            .find(|a| a.l_ms < t_ms)
+            .map(|a| a.at(t_ms))
+    }
+
+    fn approx_bytes(&self) -> usize {
+        std::mem::size_of::<Node>()
+            + self.key.len()
+            + self.history.capacity() * std::mem::size_of::<Aggregates>()
+            + self.ports.len() * std::mem::size_of::<Vec<Edge>>()
+            + self.sequence.capacity() * std::mem::size_of::<SeqItem>()
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashMap<Box<str>, u32>,
+    nodes: Vec<Node>,
+}
+
+/// What [`Graph::apply`] did with a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied.
+    Applied,
+    /// This txn_id was applied before; nothing changed.
+    Duplicate,
+    /// Older than the late window allows; nothing changed.
+    TooLate,
+}
+
+/// Remembered txn_ids, for idempotent apply.
+#[derive(Default)]
+struct Dedupe {
+    seen: HashSet<u128>,
+    /// (event time, id) in arrival order, for expiry.
+    order: VecDeque<(i64, u128)>,
+    watermark_ms: i64,
+}
+
+/// Counters a graph exports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Nodes of each type, in [`NodeType::index`] order.
+    pub nodes: [u64; 5],
+    /// Distinct edges (each stored at both endpoints, counted once).
+    pub edges: u64,
+    /// Bytes held by edges (both copies, with vector slack).
+    pub edge_bytes: u64,
+    /// Bytes held by nodes (state, ids, index entries), without edges.
+    pub node_bytes: u64,
+    /// Newest applied event time, Unix ms.
+    pub watermark_ms: i64,
+}
+
+/// The live graph. Share it behind an `Arc`; see the module docs for who
+/// may call what concurrently.
+pub struct Graph {
+    config: GraphConfig,
+    shards: [Box<[RwLock<Shard>]>; 5],
+    dedupe: Mutex<Dedupe>,
+}
+
+fn hash_str(s: &str, salt: u64) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    salt.hash(&mut h);
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// The 128-bit hash of a txn_id used for de-duplication.
+pub fn txn_hash(txn_id: &str) -> u128 {
+    (u128::from(hash_str(txn_id, 1)) << 64) | u128::from(hash_str(txn_id, 2))
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new(config: GraphConfig) -> Self {
+        let shards =
+            std::array::from_fn(|_| (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect());
+        Graph {
+            config,
+            shards,
+            dedupe: Mutex::new(Dedupe {
+                watermark_ms: i64::MIN,
+                ..Dedupe::default()
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GraphConfig {
+        &self.config
+    }
+
+    fn shard_of(key: &str) -> usize {
+        (hash_str(key, 0) % SHARDS as u64) as usize
+    }
+
+    /// The node with this id, if the graph has it.
+    pub fn lookup(&self, t: NodeType, key: &str) -> Option<NodeRef> {
+        let shard = Self::shard_of(key);
+        let guard = self.shards[t.index()][shard].read();
+        guard
+            .index
+            .get(key)
+            .map(|&slot| NodeRef::new(shard, slot as usize))
+    }
+
+    /// Runs `f` on a node under its shard's read lock.
+    pub fn with_node<R>(&self, t: NodeType, node: NodeRef, f: impl FnOnce(&Node) -> R) -> R {
+        let guard = self.shards[t.index()][node.shard()].read();
+        f(&guard.nodes[node.slot()])
+    }
+
+    fn intern(&self, t: NodeType, key: &str, time_ms: i64) -> NodeRef {
+        let shard = Self::shard_of(key);
+        let mut guard = self.shards[t.index()][shard].write();
+        if let Some(&slot) = guard.index.get(key) {
+            let node = &mut guard.nodes[slot as usize];
+            node.first_ms = node.first_ms.min(time_ms);
+            return NodeRef::new(shard, slot as usize);
+        }
+        let slot = guard.nodes.len();
+        assert!(slot < (1 << (32 - SHARD_BITS)), "node shard full");
+        guard.nodes.push(Node {
+            key: key.into(),
+            first_ms: time_ms,
+            agg: Aggregates::new(),
+            history: Vec::new(),
+            ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
+            sequence: VecDeque::new(),
+        });
+        guard.index.insert(key.into(), slot as u32);
+        NodeRef::new(shard, slot)
+    }
+
+    fn update_node(&self, t: NodeType, node: NodeRef, time_ms: i64, amount: f32) {
+        let mut guard = self.shards[t.index()][node.shard()].write();
+        let n = &mut guard.nodes[node.slot()];
+        let interval = (self.config.late_window_ms / self.config.checkpoints.max(1) as i64).max(1);
+        if n.agg.l_ms != i64::MIN
+            && time_ms.div_euclid(interval) > n.agg.l_ms.div_euclid(interval)
+            && self.config.checkpoints > 0
+        {
+            if n.history.len() == self.config.checkpoints {
+                n.history.remove(0);
+            }
+            n.history.push(n.agg);
+        }
+        n.agg.add(time_ms, amount);
+    }
+
+    /// Adds or reinforces the edge at `node`'s `port`. Returns the neighbour
+    /// whose edge was dropped to respect the cap, if any.
+    fn touch_edge(
+        &self,
+        t: NodeType,
+        node: NodeRef,
+        port: usize,
+        nbr: NodeRef,
+        time_s: u32,
+        amount: f32,
+    ) -> Option<NodeRef> {
+        let mut guard = self.shards[t.index()][node.shard()].write();
+        let list = &mut guard.nodes[node.slot()].ports[port];
+        if let Some(e) = list.iter_mut().find(|e| e.nbr == nbr) {
+            if time_s >= e.last_s {
+                e.prev_last_s = e.last_s;
+                e.last_s = time_s;
+                e.last_amount = amount;
+            } else {
+                // A late sighting: it is history, not the latest update.
+                e.prev_last_s = if e.count >= 2 {
+                    e.prev_last_s.max(time_s)
+                } else {
+                    time_s
+                };
+                e.first_s = e.first_s.min(time_s);
+            }
+            e.count += 1;
+            e.amount += amount;
+            return None;
+        }
+        let mut dropped = None;
+        if list.len() >= self.config.adjacency_cap {
+            let (oldest, _) = list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_s)
+                .expect("a full list is not empty");
+            dropped = Some(list.swap_remove(oldest).nbr);
+        }
+        list.push(Edge {
+            nbr,
+            first_s: time_s,
+            last_s: time_s,
+            prev_last_s: time_s,
+            count: 1,
+            amount,
+            last_amount: amount,
+        });
+        dropped
+    }
+
+    fn remove_edge(&self, t: NodeType, node: NodeRef, port: usize, nbr: NodeRef) {
+        let mut guard = self.shards[t.index()][node.shard()].write();
+        let list = &mut guard.nodes[node.slot()].ports[port];
+        if let Some(i) = list.iter().position(|e| e.nbr == nbr) {
+            list.swap_remove(i);
+        }
+    }
+
+    /// Applies a transaction: its nodes, edges, aggregates and, for the
+    /// account, its sequence. Idempotent by txn_id; a transaction older than
+    /// the late window is refused. The caller validates first.
+    pub fn apply(&self, txn: &Transaction) -> ApplyOutcome {
+        let id = txn_hash(&txn.txn_id);
+        {
+            let mut d = self.dedupe.lock();
+            if d.seen.contains(&id) {
+                return ApplyOutcome::Duplicate;
+            }
+            if d.watermark_ms != i64::MIN
+                && txn.event_time_ms < d.watermark_ms - self.config.late_window_ms
+            {
+                return ApplyOutcome::TooLate;
+            }
+            d.seen.insert(id);
+            d.order.push_back((txn.event_time_ms, id));
+            d.watermark_ms = d.watermark_ms.max(txn.event_time_ms);
+            let horizon =
+                d.watermark_ms - self.config.dedupe_window_ms.max(self.config.late_window_ms);
+            while d.order.front().is_some_and(|(t, _)| *t < horizon) {
+                let (_, old) = d.order.pop_front().expect("checked non-empty");
+                d.seen.remove(&old);
+            }
+        }
+
+        let t = txn.event_time_ms;
+        let t_s = epoch_secs(t);
+        let amount = txn.amount_minor as f32;
+        let mut touched: Vec<(NodeType, NodeRef)> = Vec::with_capacity(6);
+        for (relation, src_key, dst_key) in edges_of(txn) {
+            let (src_t, dst_t) = relation.endpoints();
+            let src = self.intern(src_t, src_key, t);
+            let dst = self.intern(dst_t, dst_key, t);
+            for (ty, r) in [(src_t, src), (dst_t, dst)] {
+                if !touched.contains(&(ty, r)) {
+                    touched.push((ty, r));
+                }
+            }
+            let src_port = port_of(src_t, relation, Side::Out);
+            let dst_port = port_of(dst_t, relation, Side::In);
+            if let Some(gone) = self.touch_edge(src_t, src, src_port, dst, t_s, amount) {
+                self.remove_edge(dst_t, gone, dst_port, src);
+            }
+            if let Some(gone) = self.touch_edge(dst_t, dst, dst_port, src, t_s, amount) {
+                self.remove_edge(src_t, gone, src_port, dst);
+            }
+        }
+        for &(ty, r) in &touched {
+            self.update_node(ty, r, t, amount);
+        }
+        if let Some(&(_, account)) = touched.iter().find(|(ty, _)| *ty == NodeType::Account) {
+            let merchant = touched
+                .iter()
+                .find(|(ty, _)| *ty == NodeType::Merchant)
+                .map(|(_, r)| *r)
+                .expect("every transaction has a merchant");
+            let item = SeqItem {
+                time_ms: t,
+                amount,
+                mcc: txn.mcc.min(u32::from(u16::MAX)) as u16,
+                channel: txn.channel.clamp(0, 255) as u8,
+                utc_offset_min: txn
+                    .client_utc_offset_minutes
+                    .map_or(i16::MIN, |o| o.clamp(-720, 840) as i16),
+                merchant,
+                txn_hash: id as u64,
+            };
+            let mut guard = self.shards[NodeType::Account.index()][account.shard()].write();
+            let seq = &mut guard.nodes[account.slot()].sequence;
+            let at = seq.partition_point(|s| s.time_ms <= t);
+            seq.insert(at, item);
+            while seq.len() > self.config.sequence_len {
+                seq.pop_front();
+            }
+        }
+        ApplyOutcome::Applied
+    }
+
+    /// Node and edge counts and memory, walking every shard (one read lock at
+    /// a time).
+    pub fn stats(&self) -> GraphStats {
+        let mut s = GraphStats {
+            watermark_ms: self.dedupe.lock().watermark_ms,
+            ..GraphStats::default()
+        };
+        let mut half_edges = 0u64;
+        for t in NodeType::ALL {
+            for shard in self.shards[t.index()].iter() {
+                let g = shard.read();
+                s.nodes[t.index()] += g.nodes.len() as u64;
+                s.node_bytes +=
+                    (g.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 8)) as u64;
+                for n in &g.nodes {
+                    // The index holds a second copy of the key.
+                    s.node_bytes += n.approx_bytes() as u64 + n.key.len() as u64;
+                    for list in n.ports.iter() {
+                        half_edges += list.len() as u64;
+                        s.edge_bytes += (list.capacity() * std::mem::size_of::<Edge>()) as u64;
+                    }
+                }
+            }
+        }
+        s.edges = half_edges / 2;
+        s
+    }
+}
