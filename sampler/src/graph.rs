@@ -289,6 +289,9 @@ pub struct Node {
     pub first_ms: i64,
     /// Aggregates of every transaction applied.
     pub agg: Aggregates,
+    /// `agg` before the latest update: exact for a target whose own
+    /// transaction was applied last (score, then apply).
+    pub prev: Aggregates,
     /// Older copies of `agg`, oldest first, for targets before `agg.l_ms`.
     pub history: Vec<Aggregates>,
     /// Adjacency per relation side, in [`ports`] order.
@@ -303,6 +306,9 @@ impl Node {
     pub fn aggregates_at(&self, t_ms: i64) -> Option<[f32; 8]> {
         if self.agg.l_ms < t_ms {
             return Some(self.agg.at(t_ms));
+        }
+        if self.prev.l_ms < t_ms && self.prev.l_ms != i64::MIN {
+            return Some(self.prev.at(t_ms));
         }
         self.history
             .iter()
@@ -435,6 +441,7 @@ impl Graph {
             key: key.into(),
             first_ms: time_ms,
             agg: Aggregates::new(),
+            prev: Aggregates::new(),
             history: Vec::new(),
             ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
             sequence: VecDeque::new(),
@@ -456,6 +463,7 @@ impl Graph {
             }
             n.history.push(n.agg);
         }
+        n.prev = n.agg;
         n.agg.add(time_ms, amount);
     }
 

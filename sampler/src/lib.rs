@@ -1,11 +1,18 @@
 //! The live temporal heterogeneous graph of who used what, and the causal
 //! 3-hop sampler over it (issue #3).
 //!
-//! Today this crate owns the graph's [`schema`]: its node types, its typed
-//! relations, and which relations one transaction creates. The graph store,
-//! the sampler and snapshots build on it.
+//! - [`schema`]: node types, typed relations, the edges a transaction creates.
+//! - [`graph`]: the live graph store (one writer, many readers, causal views).
+//! - [`features`]: the one definition of every raw feature, and its hash.
+//! - [`sample`]: the causal 3-hop sampler producing a [`sample::Subgraph`].
+//! - [`batch`]: collation of subgraphs into flat batch arrays.
+//! - [`view`]: the subgraph as petgraph, and DOT export, for explanations.
 
+pub mod batch;
+pub mod features;
 pub mod graph;
+pub mod sample;
 pub mod schema;
+pub mod view;
 
 pub use schema::{NodeType, Relation, edges_of};

@@ -4,50 +4,14 @@
 
 use std::collections::HashMap;
 
-use fraudgraph_proto::v1::{Channel, Transaction};
+use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::graph::{Graph, GraphConfig, NodeRef, epoch_secs, ports};
 use fraudgraph_sampler::{NodeType, Relation, edges_of};
 use proptest::prelude::*;
 
-const T0: i64 = 1_767_225_600_000;
+mod common;
 
-fn txn_strategy() -> impl Strategy<Value = (u8, u8, u8, u8, u8, Option<u8>, u32, u16)> {
-    (
-        0u8..6,
-        0u8..4,
-        0u8..4,
-        0u8..3,
-        0u8..3,
-        proptest::option::of(0u8..6),
-        0u32..7_200_000,
-        1u16..5000,
-    )
-}
-
-fn make(i: usize, p: (u8, u8, u8, u8, u8, Option<u8>, u32, u16)) -> Transaction {
-    let (a, d, ip, m, c, to, dt, amount) = p;
-    let to = to.filter(|b| *b != a);
-    Transaction {
-        txn_id: format!("t{i}"),
-        event_time_ms: T0 + i64::from(dt),
-        account_id: format!("a{a}"),
-        device_id: (d < 3).then(|| format!("d{d}")),
-        ip: (ip < 3).then(|| format!("10.0.0.{ip}")),
-        merchant_id: format!("m{m}"),
-        card_id: Some(format!("c{c}")),
-        amount_minor: i64::from(amount),
-        currency: "EUR".into(),
-        mcc: 5411,
-        channel: if to.is_some() {
-            Channel::Transfer
-        } else {
-            Channel::Ecommerce
-        } as i32,
-        country: "DE".into(),
-        counterparty_account_id: to.map(|b| format!("a{b}")),
-        client_utc_offset_minutes: Some(60),
-    }
-}
+use common::{T0, make, txn_strategy};
 
 fn config(cap: usize) -> GraphConfig {
     GraphConfig {

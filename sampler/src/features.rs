@@ -1,0 +1,160 @@
+//! The one definition of the raw features the sampler produces: per node
+//! type, per edge, per transaction and per sequence element. Training and
+//! serving both get their tensors from here, so there is no train/serve skew.
+//!
+//! [`schema_hash`] fingerprints the names and order of every feature; a model
+//! artifact records it, and a mismatch means the model was trained on other
+//! features.
+
+use crate::graph::{EdgeView, Node, ports};
+use crate::schema::{NodeType, Relation};
+
+/// Bumped whenever a feature's meaning changes without its name changing.
+pub const FEATURE_SCHEMA_VERSION: u32 = 1;
+
+/// Node features every type has, before its per-port degrees.
+pub const NODE_BASE_FEATURES: [&str; 10] = [
+    "log_count_1h",
+    "log_count_24h",
+    "log_count_7d",
+    "log_amount_1h",
+    "log_amount_24h",
+    "log_amount_7d",
+    "hour_concentration_7d",
+    "log_velocity_ratio_1h_24h",
+    "log_age_days",
+    "is_new",
+];
+
+/// The feature names of a node type: the base features, then the log of the
+/// visible degree of each relation side (`deg_<relation>_<side>`).
+pub fn node_feature_names(t: NodeType) -> Vec<String> {
+    let mut names: Vec<String> = NODE_BASE_FEATURES.iter().map(|s| s.to_string()).collect();
+    for (relation, side) in ports(t) {
+        names.push(format!("log_deg_{}_{:?}", relation.name(), side).to_lowercase());
+    }
+    names
+}
+
+/// Feature width of a node type.
+pub fn node_width(t: NodeType) -> usize {
+    NODE_BASE_FEATURES.len() + ports(t).len()
+}
+
+/// Edge features.
+pub const EDGE_FEATURES: [&str; 5] = [
+    "log_count",
+    "log_mean_amount",
+    "log_days_since_first",
+    "log_days_since_last",
+    "is_target_edge",
+];
+
+/// Features of the transaction being scored.
+pub const TXN_FEATURES: [&str; 18] = [
+    "log_amount",
+    "hour_sin_local",
+    "hour_cos_local",
+    "channel_card_present",
+    "channel_ecommerce",
+    "channel_mobile_app",
+    "channel_transfer",
+    "has_device",
+    "has_ip",
+    "has_card",
+    "mcc_scaled",
+    "offset_known",
+    "offset_unusual_for_account",
+    "device_new_to_account",
+    "ip_new_to_account",
+    "merchant_new_to_account",
+    "log_seconds_since_account_last_txn",
+    "log_amount_over_account_mean",
+];
+
+/// Features of one element of the account's recent-transaction sequence.
+pub const SEQ_FEATURES: [&str; 7] = [
+    "log_amount",
+    "log_seconds_before_target",
+    "hour_sin_utc",
+    "hour_cos_utc",
+    "channel_scaled",
+    "mcc_scaled",
+    "same_merchant_as_target",
+];
+
+/// A fingerprint of every feature name and order, and the version.
+pub fn schema_hash() -> String {
+    // FNV-1a over the names: stable across platforms and Rust versions.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |s: &str| {
+        for b in s.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(&FEATURE_SCHEMA_VERSION.to_string());
+    for t in NodeType::ALL {
+        for name in node_feature_names(t) {
+            feed(&name);
+        }
+    }
+    for name in EDGE_FEATURES
+        .iter()
+        .chain(&TXN_FEATURES)
+        .chain(&SEQ_FEATURES)
+    {
+        feed(name);
+    }
+    for r in Relation::ALL {
+        feed(r.name());
+    }
+    format!("{h:016x}")
+}
+
+const DAY_MS: f32 = 86_400_000.0;
+
+/// Node features of `node` as of `t_ms`; `degrees` are the visible edges per
+/// port. A node the graph has never seen gets [`new_node_features`].
+pub fn node_features(node: &Node, t_ms: i64, degrees: &[usize], out: &mut Vec<f32>) {
+    let agg = node.aggregates_at(t_ms).unwrap_or([0.0; 8]);
+    let count_7d = agg[2].max(1e-6);
+    let resultant = (agg[6] * agg[6] + agg[7] * agg[7]).sqrt() / count_7d;
+    out.extend_from_slice(&[
+        agg[0].ln_1p(),
+        agg[1].ln_1p(),
+        agg[2].ln_1p(),
+        agg[3].max(0.0).ln_1p(),
+        agg[4].max(0.0).ln_1p(),
+        agg[5].max(0.0).ln_1p(),
+        resultant.clamp(0.0, 1.0),
+        ((agg[0] + 1.0) / (agg[1] / 24.0 + 1.0)).ln(),
+        ((t_ms - node.first_ms).max(0) as f32 / DAY_MS).ln_1p(),
+        0.0,
+    ]);
+    out.extend(degrees.iter().map(|d| (*d as f32).ln_1p()));
+}
+
+/// Node features of an entity the graph has not seen before `t`.
+pub fn new_node_features(t: NodeType, out: &mut Vec<f32>) {
+    let start = out.len();
+    out.resize(start + node_width(t), 0.0);
+    out[start + NODE_BASE_FEATURES.len() - 1] = 1.0;
+}
+
+/// Edge features of a visible edge as of `t_s` (seconds).
+pub fn edge_features(e: &EdgeView, t_s: u32, target_edge: bool, out: &mut Vec<f32>) {
+    let days = |s: u32| (t_s.saturating_sub(s) as f32 / 86_400.0).ln_1p();
+    out.extend_from_slice(&[
+        (e.count as f32).ln_1p(),
+        (e.amount / e.count.max(1) as f32).max(0.0).ln_1p(),
+        days(e.first_s),
+        days(e.last_s),
+        f32::from(u8::from(target_edge)),
+    ]);
+}
+
+/// Edge features of the target's own edge to an entity it never used before.
+pub fn new_edge_features(out: &mut Vec<f32>) {
+    out.extend_from_slice(&[0.0, 0.0, 0.0, 0.0, 1.0]);
+}

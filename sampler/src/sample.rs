@@ -1,0 +1,425 @@
+//! The causal 3-hop sampler: the neighbourhood of one transaction, as the
+//! graph stood just before it, turned into flat arrays ready to become
+//! tensors.
+//!
+//! Hop 0 is the transaction's own entities (account, device, IP, merchant,
+//! card, transfer receiver), included even when the graph has never seen them
+//! — gateways score a payment before it reaches Kafka. Each later hop takes up
+//! to `fanouts[h]` neighbours of every node first reached at the hop before,
+//! most recent first or weighted by edge count (seeded by the txn_id, so the
+//! same request samples the same subgraph). Only what the graph knew strictly
+//! before the transaction's time is visible: edges first seen at or after it
+//! are skipped, edge statistics have later updates taken out, node aggregates
+//! come from a state that predates it (see [`crate::graph`]).
+
+use std::collections::HashMap;
+
+use fraudgraph_proto::v1::Transaction;
+
+use crate::features;
+use crate::graph::{EdgeView, Graph, NodeRef, Side, epoch_secs, ports, txn_hash};
+use crate::schema::{NodeType, Relation, edges_of};
+
+/// How neighbours are chosen when a node has more than the fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The most recently seen edges first.
+    MostRecent,
+    /// Drawn without replacement, weighted by edge count, seeded.
+    Weighted,
+}
+
+/// Tunables of the sampler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerConfig {
+    /// Neighbours per node at hops 1, 2 and 3.
+    pub fanouts: [usize; 3],
+    /// Neighbour choice.
+    pub strategy: Strategy,
+    /// Mixed with the txn_id to seed weighted sampling.
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            fanouts: [20, 10, 5],
+            strategy: Strategy::MostRecent,
+            seed: 0,
+        }
+    }
+}
+
+/// A node of a subgraph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledNode {
+    /// The entity id.
+    pub key: Box<str>,
+    /// Its address in the graph; `None` for an entity the graph has not seen.
+    pub node: Option<NodeRef>,
+    /// Hops from the transaction's own entities.
+    pub hop: u8,
+}
+
+/// The sampled neighbourhood of one transaction.
+///
+/// Per node type `t`: `nodes[t]` and the row-major `node_features[t]`
+/// (`features::node_width(t)` columns). Per relation `r`: `edge_index[r]`
+/// pairs (source row in `nodes[src type]`, destination row in
+/// `nodes[dst type]`) and `edge_features[r]` (`features::EDGE_FEATURES`
+/// columns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subgraph {
+    /// The transaction's txn_id.
+    pub txn_id: String,
+    /// Its event time, Unix ms.
+    pub t_ms: i64,
+    /// Nodes per type, in [`NodeType::index`] order.
+    pub nodes: [Vec<SampledNode>; 5],
+    /// Node features per type, row-major.
+    pub node_features: [Vec<f32>; 5],
+    /// Edges per relation, in [`Relation::index`] order, as (src row, dst row).
+    pub edge_index: [Vec<(u32, u32)>; 7],
+    /// Edge features per relation, row-major.
+    pub edge_features: [Vec<f32>; 7],
+    /// The row of the transaction's account in `nodes[Account]` (always 0).
+    pub target_account: u32,
+    /// [`features::TXN_FEATURES`] of the transaction.
+    pub txn_features: Vec<f32>,
+    /// The account's transactions before this one, oldest first, each
+    /// [`features::SEQ_FEATURES`] wide.
+    pub sequence: Vec<f32>,
+    /// Elements in `sequence`.
+    pub sequence_len: usize,
+    /// Hops actually reached.
+    pub hops: u8,
+}
+
+impl Subgraph {
+    /// Nodes of every type.
+    pub fn node_count(&self) -> usize {
+        self.nodes.iter().map(Vec::len).sum()
+    }
+
+    /// Edges of every relation.
+    pub fn edge_count(&self) -> usize {
+        self.edge_index.iter().map(Vec::len).sum()
+    }
+}
+
+struct Builder<'g> {
+    graph: &'g Graph,
+    t_ms: i64,
+    t_s: u32,
+    sub: Subgraph,
+    rows: HashMap<(NodeType, Box<str>), u32>,
+    edges: HashMap<(Relation, u32, u32), ()>,
+}
+
+impl Builder<'_> {
+    /// The row of an entity, adding it (with its features) when new.
+    fn row(&mut self, t: NodeType, key: &str, node: Option<NodeRef>, hop: u8) -> (u32, bool) {
+        if let Some(&r) = self.rows.get(&(t, key.into())) {
+            return (r, false);
+        }
+        let r = self.sub.nodes[t.index()].len() as u32;
+        let out = &mut self.sub.node_features[t.index()];
+        match node {
+            Some(n) => {
+                let (t_ms, t_s) = (self.t_ms, self.t_s);
+                self.graph.with_node(t, n, |node| {
+                    let degrees: Vec<usize> = node
+                        .ports
+                        .iter()
+                        .map(|list| list.iter().filter(|e| e.as_of(t_s).is_some()).count())
+                        .collect();
+                    features::node_features(node, t_ms, &degrees, out);
+                });
+            }
+            None => features::new_node_features(t, out),
+        }
+        self.sub.nodes[t.index()].push(SampledNode {
+            key: key.into(),
+            node,
+            hop,
+        });
+        self.rows.insert((t, key.into()), r);
+        (r, true)
+    }
+
+    fn edge(
+        &mut self,
+        relation: Relation,
+        src: u32,
+        dst: u32,
+        view: Option<&EdgeView>,
+        target: bool,
+    ) {
+        if self.edges.insert((relation, src, dst), ()).is_some() {
+            return;
+        }
+        self.sub.edge_index[relation.index()].push((src, dst));
+        let out = &mut self.sub.edge_features[relation.index()];
+        match view {
+            Some(v) => features::edge_features(v, self.t_s, target, out),
+            None => features::new_edge_features(out),
+        }
+    }
+}
+
+/// A small seeded generator for weighted neighbour choice.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Samples the neighbourhood of `txn` as of its event time. The caller
+/// validates the transaction first.
+pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgraph {
+    let t_ms = txn.event_time_ms;
+    let t_s = epoch_secs(t_ms);
+    let mut b = Builder {
+        graph,
+        t_ms,
+        t_s,
+        sub: Subgraph {
+            txn_id: txn.txn_id.clone(),
+            t_ms,
+            nodes: Default::default(),
+            node_features: Default::default(),
+            edge_index: Default::default(),
+            edge_features: Default::default(),
+            target_account: 0,
+            txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
+            sequence: Vec::new(),
+            sequence_len: 0,
+            hops: 0,
+        },
+        rows: HashMap::new(),
+        edges: HashMap::new(),
+    };
+    // Hop 0: the transaction's own entities, seen before t or new.
+    let visible = |t: NodeType, key: &str| {
+        graph
+            .lookup(t, key)
+            .filter(|&n| graph.with_node(t, n, |node| node.first_ms < t_ms))
+    };
+    let account = visible(NodeType::Account, &txn.account_id);
+    b.row(NodeType::Account, &txn.account_id, account, 0);
+    let mut frontier: Vec<(NodeType, NodeRef, u32)> = Vec::new();
+    for (relation, src_key, dst_key) in edges_of(txn) {
+        let (st, dt) = relation.endpoints();
+        let (sn, dn) = (visible(st, src_key), visible(dt, dst_key));
+        let (sr, s_new) = b.row(st, src_key, sn, 0);
+        let (dr, d_new) = b.row(dt, dst_key, dn, 0);
+        for (is_new, t, n, row) in [(s_new, st, sn, sr), (d_new, dt, dn, dr)] {
+            if let (true, Some(n)) = (is_new, n) {
+                frontier.push((t, n, row));
+            }
+        }
+        // The transaction's own edge, with what the graph knew of it before.
+        let view = sn.zip(dn).and_then(|(s, d)| {
+            let port = ports(st)
+                .iter()
+                .position(|p| *p == (relation, Side::Out))
+                .expect("out port");
+            graph.with_node(st, s, |node| {
+                node.ports[port]
+                    .iter()
+                    .find(|e| e.nbr == d)
+                    .and_then(|e| e.as_of(t_s))
+            })
+        });
+        b.edge(relation, sr, dr, view.as_ref(), true);
+    }
+
+    // Hops 1..=3.
+    let mut rng = SplitMix(config.seed ^ (txn_hash(&txn.txn_id) as u64));
+    for (hop, &fanout) in config.fanouts.iter().enumerate() {
+        let hop = hop as u8 + 1;
+        let mut next = Vec::new();
+        for &(t, n, src_row) in &frontier {
+            // (relation, side, view) of every visible edge of this node.
+            let mut candidates: Vec<(Relation, Side, EdgeView)> = graph.with_node(t, n, |node| {
+                ports(t)
+                    .iter()
+                    .zip(node.ports.iter())
+                    .flat_map(|(&(r, side), list)| {
+                        list.iter()
+                            .filter_map(move |e| e.as_of(t_s).map(|v| (r, side, v)))
+                    })
+                    .collect()
+            });
+            choose(&mut candidates, fanout, config.strategy, &mut rng);
+            for (relation, side, view) in candidates {
+                let (st, dt) = relation.endpoints();
+                let nbr_t = if side == Side::Out { dt } else { st };
+                let key = graph.with_node(nbr_t, view.nbr, |node| node.key.clone());
+                let (nbr_row, is_new) = b.row(nbr_t, &key, Some(view.nbr), hop);
+                if is_new {
+                    next.push((nbr_t, view.nbr, nbr_row));
+                    b.sub.hops = hop;
+                }
+                let (sr, dr) = if side == Side::Out {
+                    (src_row, nbr_row)
+                } else {
+                    (nbr_row, src_row)
+                };
+                b.edge(relation, sr, dr, Some(&view), false);
+            }
+        }
+        frontier = next;
+    }
+
+    transaction_features(&mut b, txn, account);
+    b.sub
+}
+
+/// Keeps at most `k` candidates: the most recent, or a weighted draw.
+fn choose(
+    c: &mut Vec<(Relation, Side, EdgeView)>,
+    k: usize,
+    strategy: Strategy,
+    rng: &mut SplitMix,
+) {
+    if c.len() <= k {
+        return;
+    }
+    match strategy {
+        Strategy::MostRecent => {
+            c.sort_by(|a, b| b.2.last_s.cmp(&a.2.last_s).then(a.2.nbr.cmp(&b.2.nbr)));
+            c.truncate(k);
+        }
+        Strategy::Weighted => {
+            // Efraimidis–Spirakis: keep the k largest u^(1/w).
+            let mut keyed: Vec<(f64, (Relation, Side, EdgeView))> = c
+                .drain(..)
+                .map(|x| {
+                    (
+                        rng.next_f64()
+                            .max(1e-300)
+                            .powf(1.0 / f64::from(x.2.count.max(1))),
+                        x,
+                    )
+                })
+                .collect();
+            keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+            c.extend(keyed.into_iter().take(k).map(|(_, x)| x));
+        }
+    }
+}
+
+fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<NodeRef>) {
+    let t_ms = b.t_ms;
+    let offset = txn.client_utc_offset_minutes;
+    let local_ms = t_ms + i64::from(offset.unwrap_or(0)) * 60_000;
+    let hour =
+        (local_ms.rem_euclid(86_400_000)) as f32 / 3_600_000.0 * std::f32::consts::TAU / 24.0;
+    let channel = txn.channel;
+    // The account's history before t.
+    // Entities looked up first: one lock at a time.
+    let lookup = |t: NodeType, key: Option<&str>| key.and_then(|k| b.graph.lookup(t, k));
+    let entities = [
+        (
+            Relation::AccountDevice,
+            lookup(NodeType::Device, txn.device_id.as_deref()),
+        ),
+        (Relation::AccountIp, lookup(NodeType::Ip, txn.ip.as_deref())),
+        (
+            Relation::AccountMerchant,
+            lookup(NodeType::Merchant, Some(&txn.merchant_id)),
+        ),
+    ];
+    let merchant = entities[2].1;
+    let (seq, known) = match account {
+        Some(a) => b.graph.with_node(NodeType::Account, a, |node| {
+            let own = txn_hash(&txn.txn_id) as u64;
+            let seq: Vec<_> = node
+                .sequence
+                .iter()
+                .filter(|s| s.time_ms < t_ms && s.txn_hash != own)
+                .copied()
+                .collect();
+            let known = entities.map(|(relation, nbr)| {
+                nbr.is_some_and(|nbr| {
+                    let port = ports(NodeType::Account)
+                        .iter()
+                        .position(|p| *p == (relation, Side::Out))
+                        .expect("account out port");
+                    node.ports[port]
+                        .iter()
+                        .any(|e| e.nbr == nbr && e.as_of(b.t_s).is_some())
+                })
+            });
+            (seq, known)
+        }),
+        None => (Vec::new(), [false; 3]),
+    };
+    let usual_offset = {
+        let mut counts: HashMap<i16, usize> = HashMap::new();
+        for s in seq.iter().filter(|s| s.utc_offset_min != i16::MIN) {
+            *counts.entry(s.utc_offset_min).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(o, c)| (*c, *o))
+            .map(|(o, _)| o)
+    };
+    let mean_amount = if seq.is_empty() {
+        0.0
+    } else {
+        seq.iter().map(|s| s.amount).sum::<f32>() / seq.len() as f32
+    };
+    let amount = txn.amount_minor as f32;
+    let since_last = seq
+        .last()
+        .map_or(0.0, |s| ((t_ms - s.time_ms) as f32 / 1000.0).ln_1p());
+    let f = &mut b.sub.txn_features;
+    f.extend_from_slice(&[
+        amount.ln_1p(),
+        hour.sin(),
+        hour.cos(),
+        f32::from(u8::from(channel == 1)),
+        f32::from(u8::from(channel == 2)),
+        f32::from(u8::from(channel == 3)),
+        f32::from(u8::from(channel == 4)),
+        f32::from(u8::from(txn.device_id.is_some())),
+        f32::from(u8::from(txn.ip.is_some())),
+        f32::from(u8::from(txn.card_id.is_some())),
+        txn.mcc as f32 / 10_000.0,
+        f32::from(u8::from(offset.is_some())),
+        f32::from(u8::from(
+            matches!((offset, usual_offset), (Some(o), Some(u)) if o != i32::from(u)),
+        )),
+        f32::from(u8::from(txn.device_id.is_some() && !known[0])),
+        f32::from(u8::from(txn.ip.is_some() && !known[1])),
+        f32::from(u8::from(!known[2])),
+        since_last,
+        if mean_amount > 0.0 {
+            (amount / mean_amount).ln_1p()
+        } else {
+            0.0
+        },
+    ]);
+    for s in &seq {
+        let h =
+            (s.time_ms.rem_euclid(86_400_000)) as f32 / 3_600_000.0 * std::f32::consts::TAU / 24.0;
+        b.sub.sequence.extend_from_slice(&[
+            s.amount.ln_1p(),
+            ((t_ms - s.time_ms) as f32 / 1000.0).ln_1p(),
+            h.sin(),
+            h.cos(),
+            f32::from(s.channel) / 4.0,
+            f32::from(s.mcc) / 10_000.0,
+            f32::from(u8::from(Some(s.merchant) == merchant)),
+        ]);
+    }
+    b.sub.sequence_len = seq.len();
+}

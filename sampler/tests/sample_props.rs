@@ -1,0 +1,218 @@
+//! Properties of the causal 3-hop sampler: the target's own application is
+//! invisible to it, nothing from at or after its time leaks in, fan-out
+//! bounds hold, sampling is deterministic, and unseen targets are included.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::{T0, TxnSpec, make, txn_strategy};
+use fraudgraph_proto::v1::Transaction;
+use fraudgraph_sampler::features::{self, EDGE_FEATURES, NODE_BASE_FEATURES};
+use fraudgraph_sampler::graph::{Graph, GraphConfig, epoch_secs};
+use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph, sample};
+use fraudgraph_sampler::{NodeType, Relation, edges_of};
+use proptest::prelude::*;
+
+fn graph_of(txns: &[Transaction]) -> Graph {
+    let g = Graph::new(GraphConfig {
+        late_window_ms: 100_000_000,
+        ..GraphConfig::default()
+    });
+    for t in txns {
+        g.apply(t);
+    }
+    g
+}
+
+fn stream(events: Vec<TxnSpec>) -> Vec<Transaction> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| make(i, p))
+        .collect()
+}
+
+fn configs() -> [SamplerConfig; 2] {
+    [
+        SamplerConfig {
+            fanouts: [3, 2, 2],
+            strategy: Strategy::MostRecent,
+            seed: 1,
+        },
+        SamplerConfig {
+            fanouts: [3, 2, 2],
+            strategy: Strategy::Weighted,
+            seed: 1,
+        },
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Score, then apply: applying the target to the graph does not change
+    /// what sampling it shows (the same request before and after apply).
+    #[test]
+    fn own_application_is_invisible(mut events in prop::collection::vec(txn_strategy(), 1..60), target in txn_strategy()) {
+        events.sort_by_key(|e| e.6);
+        let history = stream(events);
+        let mut target = make(9999, target);
+        target.event_time_ms = T0 + 7_300_000;
+        let before = graph_of(&history);
+        let after = graph_of(&history);
+        after.apply(&target);
+        for config in configs() {
+            prop_assert_eq!(sample(&before, &target, &config), sample(&after, &target, &config));
+        }
+    }
+
+    /// With later events in the graph too, every sampled entity and edge
+    /// beyond the target's own existed strictly before the target's time,
+    /// edge counts never exceed the sightings before it, and the account's
+    /// sequence holds only earlier transactions.
+    #[test]
+    fn nothing_from_the_future_is_visible(events in prop::collection::vec(txn_strategy(), 1..80), target in txn_strategy(), probe in 0u32..7_200_000) {
+        let all = stream(events);
+        let g = graph_of(&all);
+        let mut target = make(9999, target);
+        target.event_time_ms = T0 + i64::from(probe);
+        let t_s = epoch_secs(target.event_time_ms);
+        let mut seen_before: HashSet<(NodeType, String)> = HashSet::new();
+        let mut count_before: HashMap<(Relation, String, String), u32> = HashMap::new();
+        let mut seq_before = 0usize;
+        for t in all.iter().filter(|t| t.event_time_ms < target.event_time_ms) {
+            for (r, s, d) in edges_of(t) {
+                let (st, dt) = r.endpoints();
+                seen_before.insert((st, s.to_owned()));
+                seen_before.insert((dt, d.to_owned()));
+            }
+            if t.account_id == target.account_id {
+                seq_before += 1;
+            }
+        }
+        for t in all.iter().filter(|t| epoch_secs(t.event_time_ms) < t_s) {
+            for (r, s, d) in edges_of(t) {
+                *count_before.entry((r, s.to_owned(), d.to_owned())).or_default() += 1;
+            }
+        }
+        for config in configs() {
+            let sub = sample(&g, &target, &config);
+            for t in NodeType::ALL {
+                let width = features::node_width(t);
+                for (row, n) in sub.nodes[t.index()].iter().enumerate() {
+                    let is_new = sub.node_features[t.index()][row * width + NODE_BASE_FEATURES.len() - 1];
+                    if n.hop > 0 || is_new == 0.0 {
+                        prop_assert!(seen_before.contains(&(t, n.key.to_string())), "{:?} {} not seen before t", t, n.key);
+                    }
+                }
+            }
+            for r in Relation::ALL {
+                let (st, dt) = r.endpoints();
+                for (i, &(s, d)) in sub.edge_index[r.index()].iter().enumerate() {
+                    let f = &sub.edge_features[r.index()][i * EDGE_FEATURES.len()..(i + 1) * EDGE_FEATURES.len()];
+                    let count = f[0].exp_m1().round() as u32;
+                    let key = (r, sub.nodes[st.index()][s as usize].key.to_string(), sub.nodes[dt.index()][d as usize].key.to_string());
+                    let truth = count_before.get(&key).copied().unwrap_or(0);
+                    prop_assert!(count <= truth, "{:?}: count {} > {} sightings before t", key, count, truth);
+                    if f[4] == 0.0 {
+                        prop_assert!(truth >= 1, "sampled edge {:?} did not exist before t", key);
+                    }
+                }
+            }
+            prop_assert!(sub.sequence_len <= seq_before);
+            prop_assert_eq!(sub.sequence.len(), sub.sequence_len * features::SEQ_FEATURES.len());
+        }
+    }
+
+    /// Fan-out: every node first reached at hop h-1 adds at most fanout[h-1]
+    /// nodes at hop h; sampling twice gives the same subgraph.
+    #[test]
+    fn fanout_bounds_and_determinism(events in prop::collection::vec(txn_strategy(), 1..120), target in txn_strategy(), f1 in 1usize..4, f2 in 1usize..3, f3 in 1usize..3) {
+        let g = graph_of(&stream(events));
+        let mut target = make(9999, target);
+        target.event_time_ms = T0 + 7_300_000;
+        for strategy in [Strategy::MostRecent, Strategy::Weighted] {
+            let config = SamplerConfig { fanouts: [f1, f2, f3], strategy, seed: 7 };
+            let sub = sample(&g, &target, &config);
+            let at_hop = |h: u8| sub.nodes.iter().flatten().filter(|n| n.hop == h).count();
+            for h in 1..=3u8 {
+                prop_assert!(at_hop(h) <= at_hop(h - 1) * config.fanouts[usize::from(h) - 1]);
+            }
+            prop_assert!(sub.hops <= 3);
+            prop_assert_eq!(&sub, &sample(&g, &target, &config));
+            check_shapes(&sub);
+        }
+    }
+}
+
+fn check_shapes(sub: &Subgraph) {
+    for t in NodeType::ALL {
+        assert_eq!(
+            sub.node_features[t.index()].len(),
+            sub.nodes[t.index()].len() * features::node_width(t)
+        );
+    }
+    for r in Relation::ALL {
+        let (st, dt) = r.endpoints();
+        assert_eq!(
+            sub.edge_features[r.index()].len(),
+            sub.edge_index[r.index()].len() * EDGE_FEATURES.len()
+        );
+        for &(s, d) in &sub.edge_index[r.index()] {
+            assert!(
+                (s as usize) < sub.nodes[st.index()].len(),
+                "dangling source"
+            );
+            assert!(
+                (d as usize) < sub.nodes[dt.index()].len(),
+                "dangling destination"
+            );
+        }
+    }
+    assert_eq!(sub.txn_features.len(), features::TXN_FEATURES.len());
+    assert!(sub.node_features.iter().flatten().all(|x| x.is_finite()));
+    assert!(sub.edge_features.iter().flatten().all(|x| x.is_finite()));
+    assert!(sub.txn_features.iter().all(|x| x.is_finite()));
+}
+
+/// A payment from entities the graph has never seen is still scored: its
+/// own entities and edges are there, marked new.
+#[test]
+fn an_unseen_target_is_included() {
+    let g = graph_of(&[]);
+    let mut target = make(1, (0, 0, 0, 0, 0, Some(3), 0, 500));
+    target.event_time_ms = T0;
+    let sub = sample(&g, &target, &SamplerConfig::default());
+    check_shapes(&sub);
+    assert_eq!(
+        sub.nodes[NodeType::Account.index()].len(),
+        2,
+        "payer and receiver"
+    );
+    assert_eq!(sub.nodes[NodeType::Account.index()][0].key.as_ref(), "a0");
+    assert_eq!(sub.target_account, 0);
+    for t in [
+        NodeType::Device,
+        NodeType::Ip,
+        NodeType::Merchant,
+        NodeType::Card,
+    ] {
+        assert_eq!(sub.nodes[t.index()].len(), 1, "{t:?}");
+        let is_new = sub.node_features[t.index()][NODE_BASE_FEATURES.len() - 1];
+        assert_eq!(is_new, 1.0);
+    }
+    assert_eq!(sub.edge_count(), edges_of(&target).count());
+    assert_eq!(sub.sequence_len, 0);
+    assert_eq!(sub.hops, 0);
+}
+
+/// The feature schema is pinned: changing a feature's name, order or the
+/// version changes the hash, which makes artifacts trained on the old schema
+/// refuse to load. Update this value together with FEATURE_SCHEMA_VERSION.
+#[test]
+fn feature_schema_is_pinned() {
+    assert_eq!(features::schema_hash(), PINNED_SCHEMA_HASH);
+}
+
+const PINNED_SCHEMA_HASH: &str = "b9f0e052cb15c4ee";

@@ -1,0 +1,106 @@
+//! The sampler on the simulated world: realistic subgraphs, collation into a
+//! batch, and the explanation view.
+
+use fraudgraph_proto::v1::{Transaction, stream_record::Record};
+use fraudgraph_sampler::batch::Batch;
+use fraudgraph_sampler::features::{self, SEQ_FEATURES};
+use fraudgraph_sampler::graph::{Graph, GraphConfig};
+use fraudgraph_sampler::sample::{SamplerConfig, Subgraph, sample};
+use fraudgraph_sampler::{NodeType, Relation};
+use fraudgraph_simulator::{SimConfig, Simulation};
+
+/// Replays 20,000 simulated transactions, sampling every 500th before
+/// applying it (as training does).
+fn replay() -> (Graph, Vec<Subgraph>) {
+    let sim = Simulation::generate(&SimConfig {
+        transactions: 20_000,
+        seed: 5,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let g = Graph::new(GraphConfig::default());
+    let mut subs = Vec::new();
+    let txns: Vec<Transaction> = sim
+        .records()
+        .filter_map(|r| match r.record {
+            Some(Record::Transaction(t)) => Some(t),
+            _ => None,
+        })
+        .collect();
+    for (i, t) in txns.iter().enumerate() {
+        if i % 500 == 499 {
+            subs.push(sample(&g, t, &SamplerConfig::default()));
+        }
+        g.apply(t);
+    }
+    (g, subs)
+}
+
+#[test]
+fn replayed_subgraphs_reach_three_hops_and_collate() {
+    let (g, subs) = replay();
+    let stats = g.stats();
+    assert!(stats.edges > 5_000, "{stats:?}");
+    assert!(
+        subs.iter().any(|s| s.hops == 3),
+        "some neighbourhoods reach 3 hops"
+    );
+    assert!(subs.iter().map(Subgraph::node_count).max().unwrap() > 50);
+    assert!(
+        subs.iter().any(|s| s.sequence_len > 5),
+        "accounts have history"
+    );
+
+    let mut batch = Batch::default();
+    batch.collate(&subs, 32);
+    assert_eq!(batch.size, subs.len());
+    for t in NodeType::ALL {
+        let rows: usize = subs.iter().map(|s| s.nodes[t.index()].len()).sum();
+        assert_eq!(batch.node_graph[t.index()].len(), rows);
+        assert_eq!(
+            batch.node_features[t.index()].len(),
+            rows * features::node_width(t)
+        );
+    }
+    for r in Relation::ALL {
+        let (st, dt) = r.endpoints();
+        for &(s, d) in &batch.edge_index[r.index()] {
+            // Both ends of an edge belong to the same subgraph.
+            assert_eq!(
+                batch.node_graph[st.index()][s as usize],
+                batch.node_graph[dt.index()][d as usize]
+            );
+        }
+    }
+    let w = SEQ_FEATURES.len();
+    for (i, sub) in subs.iter().enumerate() {
+        let row = batch.target_account[i] as usize;
+        assert_eq!(batch.node_graph[NodeType::Account.index()][row], i as u32);
+        if sub.sequence_len > 0 {
+            // Right-aligned: the newest element is the last slot.
+            let end = (i + 1) * 32 * w;
+            let newest = &sub.sequence[(sub.sequence_len - 1) * w..sub.sequence_len * w];
+            assert_eq!(&batch.sequence[end - w..end], newest);
+        }
+    }
+
+    // Refilling a batch reuses its buffers and gives the same arrays.
+    let capacity = batch.node_features[0].capacity();
+    let before = batch.clone();
+    batch.collate(&subs, 32);
+    assert_eq!(batch, before);
+    assert_eq!(batch.node_features[0].capacity(), capacity);
+}
+
+#[test]
+fn the_view_matches_the_subgraph_and_exports_dot() {
+    let (_, subs) = replay();
+    let sub = subs.iter().max_by_key(|s| s.edge_count()).unwrap();
+    let g = sub.to_petgraph();
+    assert_eq!(g.node_count(), sub.node_count());
+    assert_eq!(g.edge_count(), sub.edge_count());
+    let dot = sub.to_dot();
+    assert!(dot.starts_with("digraph"));
+    assert!(dot.contains(sub.nodes[0][0].key.as_ref()));
+    assert_eq!(dot.matches(" -> ").count(), sub.edge_count());
+}
