@@ -3,6 +3,7 @@
 //!
 //! - `doctor`: checks libtorch, CUDA, LightGBM and (optionally) the Kafka broker.
 //! - `simulate`: writes the simulated transaction world to a file or a topic.
+//! - `bench`: the project's own benchmarks (`bench sampler`).
 //!
 //! Each subcommand lives in its own module under [`commands`]; this file only
 //! parses the command line, sets up logging and dispatches.
@@ -26,6 +27,8 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     /// Generate the simulated payment stream to a file or a Kafka topic.
     Simulate(commands::simulate::SimulateArgs),
+    /// Benchmarks: `bench sampler` (graph ingest and 3-hop sampling).
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }
