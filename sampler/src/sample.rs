@@ -12,7 +12,7 @@
 //! are skipped, edge statistics have later updates taken out, node aggregates
 //! come from a state that predates it (see [`crate::graph`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use fraudgraph_proto::v1::Transaction;
 
@@ -112,39 +112,62 @@ struct Builder<'g> {
     t_ms: i64,
     t_s: u32,
     sub: Subgraph,
-    rows: HashMap<(NodeType, Box<str>), u32>,
-    edges: HashMap<(Relation, u32, u32), ()>,
+    /// Rows of entities the graph knows, by address (no string hashing).
+    by_ref: HashMap<(NodeType, NodeRef), u32>,
+    /// Rows of the target's entities the graph has not seen, by id.
+    by_key: HashMap<(NodeType, Box<str>), u32>,
+    edges: HashSet<(Relation, u32, u32)>,
 }
 
 impl Builder<'_> {
     /// The row of an entity, adding it (with its features) when new.
     fn row(&mut self, t: NodeType, key: &str, node: Option<NodeRef>, hop: u8) -> (u32, bool) {
-        if let Some(&r) = self.rows.get(&(t, key.into())) {
+        let known = match node {
+            Some(n) => self.by_ref.get(&(t, n)),
+            None => self.by_key.get(&(t, key.into())),
+        };
+        if let Some(&r) = known {
             return (r, false);
         }
+        let r = self.add(t, node, hop, Some(key));
+        (r, true)
+    }
+
+    /// The row of a known node reached by sampling, adding it when new.
+    fn row_of(&mut self, t: NodeType, node: NodeRef, hop: u8) -> (u32, bool) {
+        if let Some(&r) = self.by_ref.get(&(t, node)) {
+            return (r, false);
+        }
+        (self.add(t, Some(node), hop, None), true)
+    }
+
+    /// Adds a node: its features as of t and its id, read under one lock.
+    fn add(&mut self, t: NodeType, node: Option<NodeRef>, hop: u8, key: Option<&str>) -> u32 {
         let r = self.sub.nodes[t.index()].len() as u32;
         let out = &mut self.sub.node_features[t.index()];
-        match node {
+        let key: Box<str> = match node {
             Some(n) => {
                 let (t_ms, t_s) = (self.t_ms, self.t_s);
+                let mut degrees = [0usize; 6];
                 self.graph.with_node(t, n, |node| {
-                    let degrees: Vec<usize> = node
-                        .ports
-                        .iter()
-                        .map(|list| list.iter().filter(|e| e.as_of(t_s).is_some()).count())
-                        .collect();
-                    features::node_features(node, t_ms, &degrees, out);
-                });
+                    for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
+                        *d = list.iter().filter(|e| e.as_of(t_s).is_some()).count();
+                    }
+                    features::node_features(node, t_ms, &degrees[..node.ports.len()], out);
+                    key.map_or_else(|| node.key.clone(), Into::into)
+                })
             }
-            None => features::new_node_features(t, out),
-        }
-        self.sub.nodes[t.index()].push(SampledNode {
-            key: key.into(),
-            node,
-            hop,
-        });
-        self.rows.insert((t, key.into()), r);
-        (r, true)
+            None => {
+                features::new_node_features(t, out);
+                key.expect("an unseen node is named by the caller").into()
+            }
+        };
+        match node {
+            Some(n) => self.by_ref.insert((t, n), r),
+            None => self.by_key.insert((t, key.clone()), r),
+        };
+        self.sub.nodes[t.index()].push(SampledNode { key, node, hop });
+        r
     }
 
     fn edge(
@@ -155,7 +178,7 @@ impl Builder<'_> {
         view: Option<&EdgeView>,
         target: bool,
     ) {
-        if self.edges.insert((relation, src, dst), ()).is_some() {
+        if !self.edges.insert((relation, src, dst)) {
             return;
         }
         self.sub.edge_index[relation.index()].push((src, dst));
@@ -202,8 +225,9 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             sequence_len: 0,
             hops: 0,
         },
-        rows: HashMap::new(),
-        edges: HashMap::new(),
+        by_ref: HashMap::new(),
+        by_key: HashMap::new(),
+        edges: HashSet::new(),
     };
     // Hop 0: the transaction's own entities, seen before t or new.
     let visible = |t: NodeType, key: &str| {
@@ -261,8 +285,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             for (relation, side, view) in candidates {
                 let (st, dt) = relation.endpoints();
                 let nbr_t = if side == Side::Out { dt } else { st };
-                let key = graph.with_node(nbr_t, view.nbr, |node| node.key.clone());
-                let (nbr_row, is_new) = b.row(nbr_t, &key, Some(view.nbr), hop);
+                let (nbr_row, is_new) = b.row_of(nbr_t, view.nbr, hop);
                 if is_new {
                     next.push((nbr_t, view.nbr, nbr_row));
                     b.sub.hops = hop;

@@ -1,0 +1,41 @@
+//! `fraudgraph bench sampler` prints the one JSON object the benchmark docs
+//! and scripts rely on.
+
+use std::process::Command;
+
+#[test]
+fn bench_sampler_reports_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fraudgraph"))
+        .args([
+            "bench",
+            "sampler",
+            "--transactions",
+            "5000",
+            "--samples",
+            "50",
+            "--json",
+        ])
+        .output()
+        .expect("the fraudgraph binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "ingest_txn_per_s",
+        "edges",
+        "bytes_per_edge",
+        "sample_p50_us",
+        "sample_p99_us",
+        "sample_p99_us_under_ingest",
+    ] {
+        let v = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {report}"));
+        assert!(v > 0.0, "{key} = {v}");
+    }
+    assert_eq!(report["transactions"], 5000);
+    assert!(report["sample_p50_us"].as_f64() <= report["sample_p99_us"].as_f64());
+}
