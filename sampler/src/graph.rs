@@ -281,7 +281,7 @@ pub struct SeqItem {
 }
 
 /// A node's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     /// The entity id as the caller spells it.
     pub key: Box<str>,
@@ -327,9 +327,9 @@ impl Node {
 }
 
 #[derive(Default)]
-struct Shard {
-    index: HashMap<Box<str>, u32>,
-    nodes: Vec<Node>,
+pub(crate) struct Shard {
+    pub(crate) index: HashMap<Box<str>, u32>,
+    pub(crate) nodes: Vec<Node>,
 }
 
 /// What [`Graph::apply`] did with a transaction.
@@ -345,11 +345,11 @@ pub enum ApplyOutcome {
 
 /// Remembered txn_ids, for idempotent apply.
 #[derive(Default)]
-struct Dedupe {
-    seen: HashSet<u128>,
+pub(crate) struct Dedupe {
+    pub(crate) seen: HashSet<u128>,
     /// (event time, id) in arrival order, for expiry.
-    order: VecDeque<(i64, u128)>,
-    watermark_ms: i64,
+    pub(crate) order: VecDeque<(i64, u128)>,
+    pub(crate) watermark_ms: i64,
 }
 
 /// Counters a graph exports.
@@ -370,9 +370,9 @@ pub struct GraphStats {
 /// The live graph. Share it behind an `Arc`; see the module docs for who
 /// may call what concurrently.
 pub struct Graph {
-    config: GraphConfig,
-    shards: [Box<[RwLock<Shard>]>; 5],
-    dedupe: Mutex<Dedupe>,
+    pub(crate) config: GraphConfig,
+    pub(crate) shards: [Box<[RwLock<Shard>]>; 5],
+    pub(crate) dedupe: Mutex<Dedupe>,
 }
 
 fn hash_str(s: &str, salt: u64) -> u64 {

@@ -7,12 +7,14 @@
 //! - [`sample`]: the causal 3-hop sampler producing a [`sample::Subgraph`].
 //! - [`batch`]: collation of subgraphs into flat batch arrays.
 //! - [`view`]: the subgraph as petgraph, and DOT export, for explanations.
+//! - [`snapshot`]: atomic, checksummed, versioned snapshots with Kafka offsets.
 
 pub mod batch;
 pub mod features;
 pub mod graph;
 pub mod sample;
 pub mod schema;
+pub mod snapshot;
 pub mod view;
 
 pub use schema::{NodeType, Relation, edges_of};
