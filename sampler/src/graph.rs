@@ -507,6 +507,10 @@ impl Graph {
                 .expect("a full list is not empty");
             dropped = Some(list.swap_remove(oldest).nbr);
         }
+        if list.len() == list.capacity() {
+            // Grow by an eighth, not double: adjacency is most of the memory.
+            list.reserve_exact(list.len() / 8 + 1);
+        }
         list.push(Edge {
             nbr,
             first_s: time_s,
@@ -597,6 +601,9 @@ impl Graph {
             };
             let mut guard = self.shards[NodeType::Account.index()][account.shard()].write();
             let seq = &mut guard.nodes[account.slot()].sequence;
+            if seq.len() == seq.capacity() && seq.len() < self.config.sequence_len {
+                seq.reserve_exact((seq.len() / 4 + 1).min(self.config.sequence_len - seq.len()));
+            }
             let at = seq.partition_point(|s| s.time_ms <= t);
             seq.insert(at, item);
             while seq.len() > self.config.sequence_len {
