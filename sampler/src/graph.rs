@@ -64,6 +64,9 @@ pub struct GraphConfig {
     pub sequence_len: usize,
     /// Aggregate checkpoints a node keeps for targets slightly in the past.
     pub checkpoints: usize,
+    /// [`Graph::evict_idle`] drops edges and nodes idle longer than this,
+    /// by event time. Longer than `late_window_ms`.
+    pub retention_ms: i64,
 }
 
 impl Default for GraphConfig {
@@ -74,6 +77,7 @@ impl Default for GraphConfig {
             dedupe_window_ms: 86_400_000,
             sequence_len: 32,
             checkpoints: 4,
+            retention_ms: 30 * 86_400_000,
         }
     }
 }
@@ -301,6 +305,23 @@ pub struct Node {
 }
 
 impl Node {
+    fn new(key: &str, t: NodeType, first_ms: i64) -> Self {
+        Node {
+            key: key.into(),
+            first_ms,
+            agg: Aggregates::new(),
+            prev: Aggregates::new(),
+            history: Vec::new(),
+            ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
+            sequence: VecDeque::new(),
+        }
+    }
+
+    /// False for the tombstone of an evicted node.
+    pub fn is_live(&self) -> bool {
+        !self.key.is_empty()
+    }
+
     /// The aggregates as of `t_ms`, from the newest state that includes only
     /// events before `t_ms`; `None` when every kept state includes later ones.
     pub fn aggregates_at(&self, t_ms: i64) -> Option<[f32; 8]> {
@@ -329,7 +350,10 @@ impl Node {
 #[derive(Default)]
 pub(crate) struct Shard {
     pub(crate) index: HashMap<Box<str>, u32>,
+    /// Slot-addressed nodes; an evicted slot holds a tombstone (empty key).
     pub(crate) nodes: Vec<Node>,
+    /// Evicted slots, reused by new nodes.
+    pub(crate) free: Vec<u32>,
 }
 
 /// What [`Graph::apply`] did with a transaction.
@@ -350,6 +374,15 @@ pub(crate) struct Dedupe {
     /// (event time, id) in arrival order, for expiry.
     pub(crate) order: VecDeque<(i64, u128)>,
     pub(crate) watermark_ms: i64,
+}
+
+/// What one [`Graph::evict_idle`] pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Nodes removed.
+    pub nodes: u64,
+    /// Edge copies removed (two per edge).
+    pub half_edges: u64,
 }
 
 /// Counters a graph exports.
@@ -435,19 +468,70 @@ impl Graph {
             node.first_ms = node.first_ms.min(time_ms);
             return NodeRef::new(shard, slot as usize);
         }
-        let slot = guard.nodes.len();
-        assert!(slot < (1 << (32 - SHARD_BITS)), "node shard full");
-        guard.nodes.push(Node {
-            key: key.into(),
-            first_ms: time_ms,
-            agg: Aggregates::new(),
-            prev: Aggregates::new(),
-            history: Vec::new(),
-            ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
-            sequence: VecDeque::new(),
-        });
+        let node = Node::new(key, t, time_ms);
+        let slot = match guard.free.pop() {
+            Some(slot) => {
+                guard.nodes[slot as usize] = node;
+                slot as usize
+            }
+            None => {
+                assert!(
+                    guard.nodes.len() < (1 << (32 - SHARD_BITS)),
+                    "node shard full"
+                );
+                guard.nodes.push(node);
+                guard.nodes.len() - 1
+            }
+        };
         guard.index.insert(key.into(), slot as u32);
         NodeRef::new(shard, slot)
+    }
+
+    /// Drops what has been idle longer than `retention_ms` before the newest
+    /// applied event: edges last seen before the cut-off (at both ends, which
+    /// hold the same statistics), sequence elements before it, then nodes
+    /// idle since before it that have no edge left. Call it from the writer.
+    pub fn evict_idle(&self) -> Evicted {
+        let watermark = self.dedupe.lock().watermark_ms;
+        let mut evicted = Evicted::default();
+        if watermark == i64::MIN {
+            return evicted;
+        }
+        let cutoff_ms = watermark - self.config.retention_ms;
+        let cutoff_s = epoch_secs(cutoff_ms);
+        for t in NodeType::ALL {
+            for shard in self.shards[t.index()].iter() {
+                let mut g = shard.write();
+                let Shard { index, nodes, free } = &mut *g;
+                for (slot, n) in nodes.iter_mut().enumerate() {
+                    if !n.is_live() {
+                        continue;
+                    }
+                    let mut left = 0;
+                    for list in n.ports.iter_mut() {
+                        let before = list.len();
+                        list.retain(|e| e.last_s >= cutoff_s);
+                        evicted.half_edges += (before - list.len()) as u64;
+                        if list.capacity() > list.len() + list.len() / 8 + 1 {
+                            list.shrink_to_fit();
+                        }
+                        left += list.len();
+                    }
+                    while n.sequence.front().is_some_and(|s| s.time_ms < cutoff_ms) {
+                        n.sequence.pop_front();
+                    }
+                    if left == 0 && n.agg.l_ms < cutoff_ms {
+                        index.remove(&n.key);
+                        // A tombstone keeps its (empty) ports, so a sampler
+                        // still holding this address reads nothing, safely.
+                        *n = Node::new("", t, i64::MAX);
+                        free.push(slot as u32);
+                        evicted.nodes += 1;
+                    }
+                }
+            }
+        }
+        evicted
     }
 
     fn update_node(&self, t: NodeType, node: NodeRef, time_ms: i64, amount: f32) {
@@ -624,10 +708,10 @@ impl Graph {
         for t in NodeType::ALL {
             for shard in self.shards[t.index()].iter() {
                 let g = shard.read();
-                s.nodes[t.index()] += g.nodes.len() as u64;
+                s.nodes[t.index()] += (g.nodes.len() - g.free.len()) as u64;
                 s.node_bytes +=
                     (g.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 8)) as u64;
-                for n in &g.nodes {
+                for n in g.nodes.iter().filter(|n| n.is_live()) {
                     // The index holds a second copy of the key.
                     s.node_bytes += n.approx_bytes() as u64 + n.key.len() as u64;
                     for list in n.ports.iter() {

@@ -195,6 +195,7 @@ fn encode_config(e: &mut Enc, c: &GraphConfig) {
     e.i64(c.dedupe_window_ms);
     e.u64(c.sequence_len as u64);
     e.u64(c.checkpoints as u64);
+    e.i64(c.retention_ms);
 }
 
 fn decode_config(d: &mut Dec<'_>) -> Result<GraphConfig, String> {
@@ -204,6 +205,7 @@ fn decode_config(d: &mut Dec<'_>) -> Result<GraphConfig, String> {
         dedupe_window_ms: d.i64()?,
         sequence_len: d.u64()? as usize,
         checkpoints: d.u64()? as usize,
+        retention_ms: d.i64()?,
     })
 }
 
@@ -317,6 +319,10 @@ impl Graph {
                 e.u32(g.nodes.len() as u32);
                 for n in &g.nodes {
                     encode_node(&mut e, n);
+                }
+                e.u32(g.free.len() as u32);
+                for slot in &g.free {
+                    e.u32(*slot);
                 }
             }
         }
@@ -446,10 +452,21 @@ impl Graph {
                     let mut index = HashMap::with_capacity(n);
                     for slot in 0..n {
                         let node = decode_node(d)?;
-                        index.insert(node.key.clone(), slot as u32);
+                        if node.is_live() {
+                            index.insert(node.key.clone(), slot as u32);
+                        }
                         nodes.push(node);
                     }
-                    shards[t.index()].push(RwLock::new(Shard { index, nodes }));
+                    let free = (0..d.len("free slot")?)
+                        .map(|_| d.u32())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if free
+                        .iter()
+                        .any(|s| nodes.get(*s as usize).is_none_or(Node::is_live))
+                    {
+                        return Err("free list names a live or missing slot".into());
+                    }
+                    shards[t.index()].push(RwLock::new(Shard { index, nodes, free }));
                 }
             }
             if d.pos != d.buf.len() {

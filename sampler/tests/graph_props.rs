@@ -223,3 +223,91 @@ fn too_late_transactions_are_refused() {
     assert_eq!(s.nodes[NodeType::Account.index()], 2);
     assert_eq!(s.watermark_ms, T0 + 1_000_000);
 }
+
+/// A long stream with eviction keeps memory bounded: only entities active
+/// within the retention window stay, every stored edge still has both ends,
+/// evicted slots are reused, and snapshots carry the tombstones faithfully.
+#[test]
+fn eviction_keeps_a_long_stream_bounded() {
+    let day = 86_400_000i64;
+    let g = Graph::new(GraphConfig {
+        retention_ms: 3 * day,
+        late_window_ms: 3_600_000,
+        ..GraphConfig::default()
+    });
+    let mut peak_nodes = 0u64;
+    let mut live_after_first_eviction = Vec::new();
+    for d in 0..40i64 {
+        // Each day a fresh cohort of accounts and devices, plus shared merchants.
+        for i in 0..200u32 {
+            let mut t = make(
+                (d * 1000 + i64::from(i)) as usize,
+                (0, 0, 0, (i % 3) as u8, 0, None, 0, 100),
+            );
+            t.event_time_ms = T0 + d * day + i64::from(i) * 1000;
+            t.account_id = format!("acc-{d}-{}", i % 50);
+            t.device_id = Some(format!("dev-{d}-{}", i % 40));
+            t.ip = Some(format!("10.{}.{}.1", d % 200, i % 30));
+            t.card_id = Some(format!("card-{d}-{}", i % 50));
+            g.apply(&t);
+        }
+        let evicted = g.evict_idle();
+        let nodes: u64 = g.stats().nodes.iter().sum();
+        peak_nodes = peak_nodes.max(nodes);
+        if d >= 4 {
+            assert!(evicted.nodes > 0, "day {d}: old cohorts are evicted");
+            live_after_first_eviction.push(nodes);
+        }
+    }
+    // About four days of cohorts (50 accounts, 40 devices, 30 IPs, 50 cards)
+    // plus 3 merchants, whatever the stream length.
+    assert!(peak_nodes <= 4 * 170 + 3, "peak {peak_nodes}");
+    let first = live_after_first_eviction[0];
+    assert!(
+        live_after_first_eviction.iter().all(|n| *n == first),
+        "{live_after_first_eviction:?}"
+    );
+
+    // Stored edges are symmetric and point at live nodes.
+    let mut keys = HashMap::new();
+    for d in 37..40 {
+        for i in 0..50 {
+            for (ty, k) in [
+                (NodeType::Account, format!("acc-{d}-{i}")),
+                (NodeType::Card, format!("card-{d}-{i}")),
+            ] {
+                let r = g.lookup(ty, &k).expect("recent entities stay");
+                keys.insert((ty, k), r);
+            }
+        }
+    }
+    assert!(
+        g.lookup(NodeType::Account, "acc-0-0").is_none(),
+        "old entities are gone"
+    );
+    assert_symmetric(&g, &keys);
+    for ((ty, _), r) in &keys {
+        let lists = g.with_node(*ty, *r, |n| n.ports.to_vec());
+        for (port, list) in lists.iter().enumerate() {
+            let (relation, side) = ports(*ty)[port];
+            let (s, d) = relation.endpoints();
+            let nbr_t = if side == fraudgraph_sampler::graph::Side::Out {
+                d
+            } else {
+                s
+            };
+            for e in list {
+                assert!(
+                    g.with_node(nbr_t, e.nbr, |n| n.is_live()),
+                    "edge to an evicted node"
+                );
+            }
+        }
+    }
+
+    // Snapshots round-trip tombstones and free slots byte for byte.
+    let bytes = g.snapshot_bytes(&Default::default());
+    let (back, _) =
+        Graph::from_snapshot_bytes(&bytes, g.config(), std::path::Path::new("mem")).unwrap();
+    assert!(back.snapshot_bytes(&Default::default()) == bytes);
+}
