@@ -317,6 +317,13 @@ impl Node {
         }
     }
 
+    /// True when nothing about this node happened at or after second `t_s`:
+    /// then every stored edge is visible as of `t_s` with its full
+    /// statistics (see the order of updates in [`Graph::apply`]).
+    pub fn quiet_since(&self, t_s: u32) -> bool {
+        self.agg.l_ms != i64::MIN && epoch_secs(self.agg.l_ms) < t_s
+    }
+
     /// False for the tombstone of an evicted node.
     pub fn is_live(&self) -> bool {
         !self.key.is_empty()
@@ -644,7 +651,13 @@ impl Graph {
         let t = txn.event_time_ms;
         let t_s = epoch_secs(t);
         let amount = txn.amount_minor as f32;
+        // Nodes first, then their aggregates, then edges: an edge sighting at
+        // time e is only ever stored at a node whose `agg.l_ms` is already at
+        // least e, which lets samplers skip per-edge checks on nodes that
+        // have not changed since the target's time.
         let mut touched: Vec<(NodeType, NodeRef)> = Vec::with_capacity(6);
+        let mut edges: Vec<(Relation, NodeType, NodeRef, NodeType, NodeRef)> =
+            Vec::with_capacity(7);
         for (relation, src_key, dst_key) in edges_of(txn) {
             let (src_t, dst_t) = relation.endpoints();
             let src = self.intern(src_t, src_key, t);
@@ -654,6 +667,12 @@ impl Graph {
                     touched.push((ty, r));
                 }
             }
+            edges.push((relation, src_t, src, dst_t, dst));
+        }
+        for &(ty, r) in &touched {
+            self.update_node(ty, r, t, amount);
+        }
+        for (relation, src_t, src, dst_t, dst) in edges {
             let src_port = port_of(src_t, relation, Side::Out);
             let dst_port = port_of(dst_t, relation, Side::In);
             if let Some(gone) = self.touch_edge(src_t, src, src_port, dst, t_s, amount) {
@@ -662,9 +681,6 @@ impl Graph {
             if let Some(gone) = self.touch_edge(dst_t, dst, dst_port, src, t_s, amount) {
                 self.remove_edge(src_t, gone, src_port, dst);
             }
-        }
-        for &(ty, r) in &touched {
-            self.update_node(ty, r, t, amount);
         }
         if let Some(&(_, account)) = touched.iter().find(|(ty, _)| *ty == NodeType::Account) {
             let merchant = touched

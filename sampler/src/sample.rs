@@ -150,8 +150,13 @@ impl Builder<'_> {
                 let (t_ms, t_s) = (self.t_ms, self.t_s);
                 let mut degrees = [0usize; 6];
                 self.graph.with_node(t, n, |node| {
+                    let quiet = node.quiet_since(t_s);
                     for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
-                        *d = list.iter().filter(|e| e.as_of(t_s).is_some()).count();
+                        *d = if quiet {
+                            list.len()
+                        } else {
+                            list.iter().filter(|e| e.as_of(t_s).is_some()).count()
+                        };
                     }
                     features::node_features(node, t_ms, &degrees[..node.ports.len()], out);
                     key.map_or_else(|| node.key.clone(), Into::into)
@@ -315,10 +320,23 @@ fn choose(
     if c.len() <= k {
         return;
     }
+    if k == 0 {
+        c.clear();
+        return;
+    }
     match strategy {
         Strategy::MostRecent => {
-            c.sort_by(|a, b| b.2.last_s.cmp(&a.2.last_s).then(a.2.nbr.cmp(&b.2.nbr)));
+            // Partition around the k-th most recent in O(n); the order of the
+            // kept k does not matter (rows are deduplicated, edges keyed).
+            let newest_first = |a: &(Relation, Side, EdgeView), b: &(Relation, Side, EdgeView)| {
+                b.2.last_s
+                    .cmp(&a.2.last_s)
+                    .then(a.0.cmp(&b.0))
+                    .then(a.2.nbr.cmp(&b.2.nbr))
+            };
+            c.select_nth_unstable_by(k - 1, newest_first);
             c.truncate(k);
+            c.sort_unstable_by(newest_first);
         }
         Strategy::Weighted => {
             // Efraimidis–Spirakis: keep the k largest u^(1/w).
