@@ -1,7 +1,7 @@
 //! The sampler on the simulated world: realistic subgraphs, collation into a
 //! batch, and the explanation view.
 
-use fraudgraph_proto::v1::{Transaction, stream_record::Record};
+use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::features::{self, SEQ_FEATURES};
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
@@ -20,13 +20,7 @@ fn replay() -> (Graph, Vec<Subgraph>) {
     .unwrap();
     let g = Graph::new(GraphConfig::default());
     let mut subs = Vec::new();
-    let txns: Vec<Transaction> = sim
-        .records()
-        .filter_map(|r| match r.record {
-            Some(Record::Transaction(t)) => Some(t),
-            _ => None,
-        })
-        .collect();
+    let txns: Vec<Transaction> = sim.transactions().collect();
     for (i, t) in txns.iter().enumerate() {
         if i % 500 == 499 {
             subs.push(sample(&g, t, &SamplerConfig::default()));

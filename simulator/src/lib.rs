@@ -244,6 +244,11 @@ impl Simulation {
         })
     }
 
+    /// The transactions alone, in time order (what a replay applies).
+    pub fn transactions(&self) -> impl Iterator<Item = Transaction> + '_ {
+        (0..self.events.len()).map(|i| self.transaction(i))
+    }
+
     fn transaction(&self, index: usize) -> Transaction {
         let e = &self.events[index];
         let ids = &self.ids;

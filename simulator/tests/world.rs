@@ -55,6 +55,10 @@ fn counts_and_typology_rates_are_as_configured() {
     let sim = Simulation::generate(&cfg).unwrap();
     let (txns, labels) = split(&sim);
     assert_eq!(txns.len(), 50_000);
+    assert!(
+        sim.transactions().eq(txns.iter().cloned()),
+        "transactions() is the stream's transactions"
+    );
     assert_eq!(
         labels.len(),
         1_000,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use fraudgraph_proto::v1::{Transaction, stream_record::Record};
+use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
 use fraudgraph_sampler::sample::{SamplerConfig, Strategy, sample};
 use fraudgraph_simulator::{SimConfig, Simulation};
@@ -90,13 +90,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         seed: b.seed,
         ..SimConfig::default()
     })?;
-    let txns: Vec<Transaction> = sim
-        .records()
-        .filter_map(|r| match r.record {
-            Some(Record::Transaction(t)) => Some(t),
-            _ => None,
-        })
-        .collect();
+    let txns: Vec<Transaction> = sim.transactions().collect();
     let config = SamplerConfig {
         fanouts: [b.fanouts[0], b.fanouts[1], b.fanouts[2]],
         strategy: if b.weighted {
