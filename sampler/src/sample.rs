@@ -12,7 +12,9 @@
 //! are skipped, edge statistics have later updates taken out, node aggregates
 //! come from a state that predates it (see [`crate::graph`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use fraudgraph_proto::v1::Transaction;
 
@@ -113,10 +115,10 @@ struct Builder<'g> {
     t_s: u32,
     sub: Subgraph,
     /// Rows of entities the graph knows, by address (no string hashing).
-    by_ref: HashMap<(NodeType, NodeRef), u32>,
+    by_ref: FxHashMap<(NodeType, NodeRef), u32>,
     /// Rows of the target's entities the graph has not seen, by id.
-    by_key: HashMap<(NodeType, Box<str>), u32>,
-    edges: HashSet<(Relation, u32, u32)>,
+    by_key: FxHashMap<(NodeType, Box<str>), u32>,
+    edges: FxHashSet<(Relation, u32, u32)>,
 }
 
 impl Builder<'_> {
@@ -230,9 +232,9 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             sequence_len: 0,
             hops: 0,
         },
-        by_ref: HashMap::new(),
-        by_key: HashMap::new(),
-        edges: HashSet::new(),
+        by_ref: FxHashMap::default(),
+        by_key: FxHashMap::default(),
+        edges: FxHashSet::default(),
     };
     // Hop 0: the transaction's own entities, seen before t or new.
     let visible = |t: NodeType, key: &str| {

@@ -17,12 +17,13 @@
 //! running): it reads shard by shard, so a concurrent writer would make it a
 //! mix of two instants, and the offsets would not match.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 
 use crate::graph::{
@@ -31,8 +32,10 @@ use crate::graph::{
 use crate::schema::NodeType;
 
 const MAGIC: &[u8; 8] = b"FGSNAPv1";
-/// The snapshot format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The snapshot format version this build writes and reads. The shard a
+/// node id hashes to is part of the format (slots are restored in place), so
+/// a change of that hash bumps it too.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Kafka offsets a snapshot reflects: the next offset to consume per
 /// (topic, partition).
@@ -438,7 +441,7 @@ impl Graph {
             let watermark_ms = d.i64()?;
             let n = d.len("txn id")?;
             let mut order = VecDeque::with_capacity(n);
-            let mut seen = HashSet::with_capacity(n);
+            let mut seen = FxHashSet::with_capacity_and_hasher(n, Default::default());
             for _ in 0..n {
                 let (t, id) = (d.i64()?, d.u128()?);
                 order.push_back((t, id));
@@ -449,7 +452,7 @@ impl Graph {
                 for _ in 0..SHARDS {
                     let n = d.len("node")?;
                     let mut nodes = Vec::with_capacity(n);
-                    let mut index = HashMap::with_capacity(n);
+                    let mut index = FxHashMap::with_capacity_and_hasher(n, Default::default());
                     for slot in 0..n {
                         let node = decode_node(d)?;
                         if node.is_live() {

@@ -77,7 +77,8 @@ impl IdFactory {
     }
 
     fn write_ip(&self, index: u32, out: &mut String) {
-        let octets: Vec<u8> = first_octets().collect();
+        static OCTETS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let octets = OCTETS.get_or_init(|| first_octets().collect());
         let n = octets.len() as u32;
         let first = octets[(index % n) as usize];
         // A bijection on 24 bits: multiply by an odd constant, xor a key.
