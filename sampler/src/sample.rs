@@ -18,7 +18,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use fraudgraph_proto::v1::Transaction;
 
-use crate::features;
+use crate::features::{self, ln1p};
 use crate::graph::{EdgeView, Graph, NodeRef, Side, epoch_secs, ports, txn_hash};
 use crate::schema::{NodeType, Relation, edges_of};
 
@@ -423,10 +423,10 @@ fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<
     let amount = txn.amount_minor as f32;
     let since_last = seq
         .last()
-        .map_or(0.0, |s| ((t_ms - s.time_ms) as f32 / 1000.0).ln_1p());
+        .map_or(0.0, |s| ln1p((t_ms - s.time_ms) as f32 / 1000.0));
     let f = &mut b.sub.txn_features;
     f.extend_from_slice(&[
-        amount.ln_1p(),
+        ln1p(amount),
         hour.sin(),
         hour.cos(),
         f32::from(u8::from(channel == 1)),
@@ -446,7 +446,7 @@ fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<
         f32::from(u8::from(!known[2])),
         since_last,
         if mean_amount > 0.0 {
-            (amount / mean_amount).ln_1p()
+            ln1p(amount / mean_amount)
         } else {
             0.0
         },
@@ -455,8 +455,8 @@ fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<
         let h =
             (s.time_ms.rem_euclid(86_400_000)) as f32 / 3_600_000.0 * std::f32::consts::TAU / 24.0;
         b.sub.sequence.extend_from_slice(&[
-            s.amount.ln_1p(),
-            ((t_ms - s.time_ms) as f32 / 1000.0).ln_1p(),
+            ln1p(s.amount),
+            ln1p((t_ms - s.time_ms) as f32 / 1000.0),
             h.sin(),
             h.cos(),
             f32::from(s.channel) / 4.0,

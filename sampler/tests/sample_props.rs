@@ -215,4 +215,4 @@ fn feature_schema_is_pinned() {
     assert_eq!(features::schema_hash(), PINNED_SCHEMA_HASH);
 }
 
-const PINNED_SCHEMA_HASH: &str = "b9f0e052cb15c4ee";
+const PINNED_SCHEMA_HASH: &str = "0488db64659b0f31";
