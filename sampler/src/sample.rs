@@ -243,8 +243,11 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             .filter(|&n| graph.with_node(t, n, |node| node.first_ms < t_ms))
     };
     let account = visible(NodeType::Account, &txn.account_id);
-    b.row(NodeType::Account, &txn.account_id, account, 0);
+    let (account_row, _) = b.row(NodeType::Account, &txn.account_id, account, 0);
     let mut frontier: Vec<(NodeType, NodeRef, u32)> = Vec::new();
+    if let Some(a) = account {
+        frontier.push((NodeType::Account, a, account_row));
+    }
     for (relation, src_key, dst_key) in edges_of(txn) {
         let (st, dt) = relation.endpoints();
         let (sn, dn) = (visible(st, src_key), visible(dt, dst_key));

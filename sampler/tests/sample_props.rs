@@ -216,3 +216,38 @@ fn feature_schema_is_pinned() {
 }
 
 const PINNED_SCHEMA_HASH: &str = "0488db64659b0f31";
+
+/// The account's own history is its first hop: the merchants, devices and
+/// IPs it used before are sampled even when the payment uses new ones.
+#[test]
+fn the_accounts_past_entities_are_its_first_hop() {
+    let history: Vec<Transaction> = (0..3u8)
+        .map(|m| {
+            let mut t = make(
+                usize::from(m),
+                (0, 0, 0, m, 0, None, 1000 * u32::from(m), 100),
+            );
+            t.merchant_id = format!("old-m{m}");
+            t
+        })
+        .collect();
+    let g = graph_of(&history);
+    let mut target = make(99, (0, 2, 2, 0, 1, None, 0, 100));
+    target.event_time_ms = T0 + 3_600_000;
+    target.merchant_id = "new-m".into();
+    target.device_id = Some("new-d".into());
+    let sub = sample(&g, &target, &SamplerConfig::default());
+    let hop1: Vec<&str> = sub.nodes[NodeType::Merchant.index()]
+        .iter()
+        .filter(|n| n.hop == 1)
+        .map(|n| n.key.as_ref())
+        .collect();
+    for m in ["old-m0", "old-m1", "old-m2"] {
+        assert!(hop1.contains(&m), "{m} missing from hop 1: {hop1:?}");
+    }
+    let old_device = sub.nodes[NodeType::Device.index()]
+        .iter()
+        .find(|n| n.key.as_ref() == "d0");
+    assert_eq!(old_device.map(|n| n.hop), Some(1));
+    assert_eq!(sub.sequence_len, 3);
+}
