@@ -8,5 +8,6 @@ include!("build/libtorch_link.rs");
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/libtorch_link.rs");
+    println!("cargo:rerun-if-changed=build/torch_version.rs");
     link_libtorch();
 }

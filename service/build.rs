@@ -6,5 +6,6 @@ include!("../models/build/libtorch_link.rs");
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../models/build/libtorch_link.rs");
+    println!("cargo:rerun-if-changed=../models/build/torch_version.rs");
     link_libtorch();
 }

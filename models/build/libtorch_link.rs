@@ -82,16 +82,7 @@ fn link_libtorch() {
         }
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_BYPASS_VERSION_CHECK");
-    let version = std::fs::read_to_string(&version_py)
-        .ok()
-        .and_then(|text| fraudgraph_parse_torch_version_py(&text))
-        .or_else(|| {
-            std::fs::read_to_string(&build_version)
-                .ok()
-                .map(|text| text.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
+    let version = fraudgraph_torch_version(root.as_path()).unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=FRAUDGRAPH_BUILT_LIBTORCH_VERSION={version}");
 
     let release = version.split('+').next().unwrap_or_default();
@@ -109,12 +100,4 @@ fn link_libtorch() {
     }
 }
 
-/// The value of `__version__ = '…'` in torch's `version.py`, if there is one.
-fn fraudgraph_parse_torch_version_py(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("__version__")?.trim_start();
-        let value = rest.strip_prefix('=')?.trim();
-        let value = value.trim_matches(|c| c == '\'' || c == '"');
-        (!value.is_empty()).then(|| value.to_owned())
-    })
-}
+include!("torch_version.rs");

@@ -297,27 +297,10 @@ fn mapped_library(maps: &str, name: &str) -> Option<PathBuf> {
 /// `<lib_dir>/../version.py` (pip wheel), else the content of `<lib_dir>/../build-version`
 /// (libtorch zip).
 fn libtorch_version_for_lib_dir(lib_dir: &Path) -> Option<String> {
-    let root = lib_dir.parent()?;
-    fs::read_to_string(root.join("version.py"))
-        .ok()
-        .and_then(|text| parse_version_py(&text))
-        .or_else(|| {
-            fs::read_to_string(root.join("build-version"))
-                .ok()
-                .map(|text| text.trim().to_owned())
-                .filter(|version| !version.is_empty())
-        })
+    fraudgraph_torch_version(lib_dir.parent()?)
 }
 
-/// The value of `__version__ = '…'` in torch's `version.py`.
-fn parse_version_py(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("__version__")?.trim_start();
-        let value = rest.strip_prefix('=')?.trim();
-        let value = value.trim_matches(|c| c == '\'' || c == '"');
-        (!value.is_empty()).then(|| value.to_owned())
-    })
-}
+include!("../build/torch_version.rs");
 
 #[cfg(test)]
 mod tests {
@@ -452,11 +435,14 @@ mod tests {
     fn parse_version_py_reads_the_wheel_format() {
         let text = "from typing import Optional\n\n__all__ = ['__version__']\n\
                     __version__ = '2.11.0+cu130'\ndebug = False\n";
-        assert_eq!(parse_version_py(text).as_deref(), Some("2.11.0+cu130"));
         assert_eq!(
-            parse_version_py("__version__=\"2.11.0\""),
+            fraudgraph_parse_torch_version_py(text).as_deref(),
+            Some("2.11.0+cu130")
+        );
+        assert_eq!(
+            fraudgraph_parse_torch_version_py("__version__=\"2.11.0\""),
             Some("2.11.0".into())
         );
-        assert_eq!(parse_version_py("version = '1'"), None);
+        assert_eq!(fraudgraph_parse_torch_version_py("version = '1'"), None);
     }
 }
