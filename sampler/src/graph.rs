@@ -23,7 +23,10 @@
 //! # Bounds
 //! Each node keeps at most `adjacency_cap` edges per relation side; when a new
 //! neighbour arrives at a full list, the least recently seen edge is dropped
-//! from both of its endpoints, so no edge is ever half-stored.
+//! from both of its endpoints, so no edge is ever half-stored. Each list is
+//! kept ordered by last sighting (oldest first): the oldest edge is the one
+//! to drop, the edges a target at `t` may see only partly are at the end, and
+//! the most recent neighbours are a slice, not a scan.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -136,7 +139,7 @@ fn port_of(t: NodeType, relation: Relation, side: Side) -> usize {
 }
 
 /// One edge as stored at one endpoint: the other endpoint and the edge's
-/// statistics. Both endpoints hold the same statistics.
+/// statistics (28 bytes). Both endpoints hold the same statistics.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Edge {
     /// The other endpoint.
@@ -171,6 +174,30 @@ pub struct EdgeView {
 }
 
 impl Edge {
+    /// A first sighting at `time_s`.
+    pub fn new(nbr: NodeRef, time_s: u32, amount: f32) -> Self {
+        Edge {
+            nbr,
+            first_s: time_s,
+            last_s: time_s,
+            prev_last_s: time_s,
+            count: 1,
+            amount,
+            last_amount: amount,
+        }
+    }
+
+    /// The full statistics, for an edge last seen before the instant asked.
+    pub fn view(&self) -> EdgeView {
+        EdgeView {
+            nbr: self.nbr,
+            first_s: self.first_s,
+            last_s: self.last_s,
+            count: self.count,
+            amount: self.amount,
+        }
+    }
+
     /// This edge as of `t_s` (seconds): `None` when it was first seen at or
     /// after `t_s`, or when two or more of its updates are at or after `t_s`
     /// (their contribution cannot be taken out exactly, so the edge is hidden
@@ -180,13 +207,7 @@ impl Edge {
             return None;
         }
         if self.last_s < t_s {
-            return Some(EdgeView {
-                nbr: self.nbr,
-                first_s: self.first_s,
-                last_s: self.last_s,
-                count: self.count,
-                amount: self.amount,
-            });
+            return Some(self.view());
         }
         (self.prev_last_s < t_s && self.count >= 2).then(|| EdgeView {
             nbr: self.nbr,
@@ -217,8 +238,10 @@ impl Aggregates {
         }
     }
 
-    fn decay_factor(dt_ms: i64, window: usize) -> f32 {
-        (-(dt_ms as f64) / WINDOWS_MS[window] as f64).exp() as f32
+    /// The decay over `dt_ms` of each of the 8 values (one `exp` per window).
+    fn decay(dt_ms: i64) -> [f32; 8] {
+        let [h, d, w] = WINDOWS_MS.map(|window| (-(dt_ms as f64) / window as f64).exp() as f32);
+        [h, d, w, h, d, w, w, w]
     }
 
     fn add(&mut self, t_ms: i64, amount: f32) {
@@ -234,21 +257,22 @@ impl Aggregates {
             hour.cos(),
             hour.sin(),
         ];
-        let window_of = [0, 1, 2, 0, 1, 2, 2, 2];
         if self.l_ms == i64::MIN || t_ms >= self.l_ms {
             let dt = if self.l_ms == i64::MIN {
                 0
             } else {
                 t_ms - self.l_ms
             };
+            let decay = Self::decay(dt);
             for i in 0..8 {
-                self.v[i] = self.v[i] * Self::decay_factor(dt, window_of[i]) + values[i];
+                self.v[i] = self.v[i] * decay[i] + values[i];
             }
             self.l_ms = t_ms;
         } else {
             // A late event: its contribution, decayed to l_ms.
+            let decay = Self::decay(self.l_ms - t_ms);
             for i in 0..8 {
-                self.v[i] += values[i] * Self::decay_factor(self.l_ms - t_ms, window_of[i]);
+                self.v[i] += values[i] * decay[i];
             }
         }
     }
@@ -256,11 +280,10 @@ impl Aggregates {
     /// The aggregates decayed forward to `t_ms` (which must not be before
     /// `l_ms`).
     pub fn at(&self, t_ms: i64) -> [f32; 8] {
-        let window_of = [0, 1, 2, 0, 1, 2, 2, 2];
-        let dt = (t_ms - self.l_ms).max(0);
+        let decay = Self::decay((t_ms - self.l_ms).max(0));
         let mut out = self.v;
         for i in 0..8 {
-            out[i] *= Self::decay_factor(dt, window_of[i]);
+            out[i] *= decay[i];
         }
         out
     }
@@ -464,6 +487,11 @@ impl Graph {
             .map(|&slot| NodeRef::new(shard, slot as usize))
     }
 
+    /// The id of a node, `None` once it has been evicted.
+    pub fn key_of(&self, t: NodeType, node: NodeRef) -> Option<String> {
+        self.with_node(t, node, |n| n.is_live().then(|| n.key.to_string()))
+    }
+
     /// Runs `f` on a node under its shard's read lock.
     pub fn with_node<R>(&self, t: NodeType, node: NodeRef, f: impl FnOnce(&Node) -> R) -> R {
         let guard = self.shards[t.index()][node.shard()].read();
@@ -562,7 +590,8 @@ impl Graph {
     }
 
     /// Adds or reinforces the edge at `node`'s `port`. Returns the neighbour
-    /// whose edge was dropped to respect the cap, if any.
+    /// whose edge was dropped to respect the cap, and that edge's last
+    /// sighting, if any.
     fn touch_edge(
         &self,
         t: NodeType,
@@ -571,57 +600,63 @@ impl Graph {
         nbr: NodeRef,
         time_s: u32,
         amount: f32,
-    ) -> Option<NodeRef> {
+    ) -> Option<(NodeRef, u32)> {
         let mut guard = self.shards[t.index()][node.shard()].write();
         let list = &mut guard.nodes[node.slot()].ports[port];
-        if let Some(e) = list.iter_mut().find(|e| e.nbr == nbr) {
+        if let Some(i) = list.iter().rposition(|e| e.nbr == nbr) {
+            let e = &mut list[i];
+            e.count += 1;
+            e.amount += amount;
             if time_s >= e.last_s {
                 e.prev_last_s = e.last_s;
                 e.last_s = time_s;
                 e.last_amount = amount;
+                // Keep the list ordered by last sighting.
+                let to = i + 1 + list[i + 1..].partition_point(|x| x.last_s <= time_s);
+                list[i..to].rotate_left(1);
             } else {
                 // A late sighting: it is history, not the latest update.
-                e.prev_last_s = if e.count >= 2 {
+                e.prev_last_s = if e.count >= 3 {
                     e.prev_last_s.max(time_s)
                 } else {
                     time_s
                 };
                 e.first_s = e.first_s.min(time_s);
             }
-            e.count += 1;
-            e.amount += amount;
             return None;
         }
         let mut dropped = None;
         if list.len() >= self.config.adjacency_cap {
-            let (oldest, _) = list
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.last_s)
-                .expect("a full list is not empty");
-            dropped = Some(list.swap_remove(oldest).nbr);
+            // The least recently seen edge is first.
+            let oldest = list.remove(0);
+            dropped = Some((oldest.nbr, oldest.last_s));
         }
         if list.len() == list.capacity() {
             // Grow by an eighth, not double: adjacency is most of the memory.
             list.reserve_exact(list.len() / 8 + 1);
         }
-        list.push(Edge {
-            nbr,
-            first_s: time_s,
-            last_s: time_s,
-            prev_last_s: time_s,
-            count: 1,
-            amount,
-            last_amount: amount,
-        });
+        let at = list.partition_point(|x| x.last_s <= time_s);
+        list.insert(at, Edge::new(nbr, time_s, amount));
         dropped
     }
 
-    fn remove_edge(&self, t: NodeType, node: NodeRef, port: usize, nbr: NodeRef) {
+    /// Removes the edge to `nbr`, last seen at `last_s` (both ends hold the
+    /// same statistics, so it is found by binary search), from `node`'s `port`.
+    fn remove_edge(&self, t: NodeType, node: NodeRef, port: usize, nbr: NodeRef, last_s: u32) {
         let mut guard = self.shards[t.index()][node.shard()].write();
         let list = &mut guard.nodes[node.slot()].ports[port];
-        if let Some(i) = list.iter().position(|e| e.nbr == nbr) {
-            list.swap_remove(i);
+        let from = list.partition_point(|e| e.last_s < last_s);
+        let found = list[from..]
+            .iter()
+            .take_while(|e| e.last_s == last_s)
+            .position(|e| e.nbr == nbr)
+            .map(|i| from + i)
+            .or_else(|| list.iter().position(|e| e.nbr == nbr));
+        if let Some(i) = found {
+            list.remove(i);
+            if list.capacity() > list.len() + list.len() / 8 {
+                list.shrink_to_fit();
+            }
         }
     }
 
@@ -678,11 +713,11 @@ impl Graph {
         for (relation, src_t, src, dst_t, dst) in edges {
             let src_port = port_of(src_t, relation, Side::Out);
             let dst_port = port_of(dst_t, relation, Side::In);
-            if let Some(gone) = self.touch_edge(src_t, src, src_port, dst, t_s, amount) {
-                self.remove_edge(dst_t, gone, dst_port, src);
+            if let Some((gone, last_s)) = self.touch_edge(src_t, src, src_port, dst, t_s, amount) {
+                self.remove_edge(dst_t, gone, dst_port, src, last_s);
             }
-            if let Some(gone) = self.touch_edge(dst_t, dst, dst_port, src, t_s, amount) {
-                self.remove_edge(src_t, gone, src_port, dst);
+            if let Some((gone, last_s)) = self.touch_edge(dst_t, dst, dst_port, src, t_s, amount) {
+                self.remove_edge(src_t, gone, src_port, dst, last_s);
             }
         }
         if let Some(&(_, account)) = touched.iter().find(|(ty, _)| *ty == NodeType::Account) {
@@ -707,8 +742,12 @@ impl Graph {
             if seq.len() == seq.capacity() && seq.len() < self.config.sequence_len {
                 seq.reserve_exact((seq.len() / 4 + 1).min(self.config.sequence_len - seq.len()));
             }
-            let at = seq.partition_point(|s| s.time_ms <= t);
-            seq.insert(at, item);
+            if seq.back().is_none_or(|s| s.time_ms <= t) {
+                seq.push_back(item);
+            } else {
+                let at = seq.partition_point(|s| s.time_ms <= t);
+                seq.insert(at, item);
+            }
             while seq.len() > self.config.sequence_len {
                 seq.pop_front();
             }

@@ -52,14 +52,18 @@ impl Default for SamplerConfig {
     }
 }
 
-/// A node of a subgraph.
+/// A node of a subgraph. Known nodes are held by address, not by id:
+/// copying every sampled node's id would cost an allocation per node on the
+/// scoring path, and only explanations need ids ([`Subgraph::key`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampledNode {
-    /// The entity id.
-    pub key: Box<str>,
     /// Its address in the graph; `None` for an entity the graph has not seen.
     pub node: Option<NodeRef>,
-    /// Hops from the transaction's own entities.
+    /// The id of an entity the graph has not seen (the transaction names
+    /// it); `None` for known nodes.
+    pub new_key: Option<Box<str>>,
+    /// Hops from the transaction's account (its own other entities are at
+    /// hop 1).
     pub hop: u8,
 }
 
@@ -86,6 +90,11 @@ pub struct Subgraph {
     pub edge_features: [Vec<f32>; 7],
     /// The row of the transaction's account in `nodes[Account]` (always 0).
     pub target_account: u32,
+    /// Per node type, the row of the transaction's own entity of that type
+    /// (the payer for accounts; the receiver of a transfer is reached through
+    /// the target's `transferred_to` edge), `None` when the transaction has
+    /// none.
+    pub own_rows: [Option<u32>; 5],
     /// [`features::TXN_FEATURES`] of the transaction.
     pub txn_features: Vec<f32>,
     /// The account's transactions before this one, oldest first, each
@@ -106,6 +115,18 @@ impl Subgraph {
     /// Edges of every relation.
     pub fn edge_count(&self) -> usize {
         self.edge_index.iter().map(Vec::len).sum()
+    }
+
+    /// The id of the node at `row` of type `t`: the transaction's spelling for
+    /// an entity the graph had not seen, the graph's for a known one (`None`
+    /// if it has been evicted since, or the row does not exist).
+    pub fn key(&self, graph: &Graph, t: NodeType, row: usize) -> Option<String> {
+        let n = self.nodes[t.index()].get(row)?;
+        match (&n.new_key, n.node) {
+            (Some(k), _) => Some(k.to_string()),
+            (None, Some(node)) => graph.key_of(t, node),
+            (None, None) => None,
+        }
     }
 }
 
@@ -143,37 +164,43 @@ impl Builder<'_> {
         (self.add(t, Some(node), hop, None), true)
     }
 
-    /// Adds a node: its features as of t and its id, read under one lock.
+    /// Adds a node with its features as of t, read under one lock.
     fn add(&mut self, t: NodeType, node: Option<NodeRef>, hop: u8, key: Option<&str>) -> u32 {
         let r = self.sub.nodes[t.index()].len() as u32;
         let out = &mut self.sub.node_features[t.index()];
-        let key: Box<str> = match node {
+        let new_key = match node {
             Some(n) => {
                 let (t_ms, t_s) = (self.t_ms, self.t_s);
                 let mut degrees = [0usize; 6];
                 self.graph.with_node(t, n, |node| {
                     let quiet = node.quiet_since(t_s);
                     for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
-                        *d = if quiet {
+                        // Lists are ordered by last sighting: only the tail
+                        // seen at or after t needs a closer look.
+                        let settled = if quiet {
                             list.len()
                         } else {
-                            list.iter().filter(|e| e.as_of(t_s).is_some()).count()
+                            list.partition_point(|e| e.last_s < t_s)
                         };
+                        *d = settled
+                            + list[settled..]
+                                .iter()
+                                .filter(|e| e.as_of(t_s).is_some())
+                                .count();
                     }
                     features::node_features(node, t_ms, &degrees[..node.ports.len()], out);
-                    key.map_or_else(|| node.key.clone(), Into::into)
-                })
+                });
+                self.by_ref.insert((t, n), r);
+                None
             }
             None => {
                 features::new_node_features(t, out);
-                key.expect("an unseen node is named by the caller").into()
+                let key: Box<str> = key.expect("an unseen node is named by the caller").into();
+                self.by_key.insert((t, key.clone()), r);
+                Some(key)
             }
         };
-        match node {
-            Some(n) => self.by_ref.insert((t, n), r),
-            None => self.by_key.insert((t, key.clone()), r),
-        };
-        self.sub.nodes[t.index()].push(SampledNode { key, node, hop });
+        self.sub.nodes[t.index()].push(SampledNode { node, new_key, hop });
         r
     }
 
@@ -227,6 +254,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             edge_index: Default::default(),
             edge_features: Default::default(),
             target_account: 0,
+            own_rows: [None; 5],
             txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
             sequence: Vec::new(),
             sequence_len: 0,
@@ -236,7 +264,9 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         by_key: FxHashMap::default(),
         edges: FxHashSet::default(),
     };
-    // Hop 0: the transaction's own entities, seen before t or new.
+    // Hop 0 is the account; the transaction's other entities (seen before t
+    // or new) are at hop 1 with the account's own sampled neighbours. The
+    // subgraph is centred on the payer, as the reference system's is.
     let visible = |t: NodeType, key: &str| {
         graph
             .lookup(t, key)
@@ -244,18 +274,23 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     };
     let account = visible(NodeType::Account, &txn.account_id);
     let (account_row, _) = b.row(NodeType::Account, &txn.account_id, account, 0);
-    let mut frontier: Vec<(NodeType, NodeRef, u32)> = Vec::new();
-    if let Some(a) = account {
-        frontier.push((NodeType::Account, a, account_row));
-    }
+    b.sub.own_rows[NodeType::Account.index()] = Some(account_row);
+    // Known own entities, expanded at hop 2 like the account's neighbours.
+    let mut own = Vec::new();
     for (relation, src_key, dst_key) in edges_of(txn) {
         let (st, dt) = relation.endpoints();
         let (sn, dn) = (visible(st, src_key), visible(dt, dst_key));
-        let (sr, s_new) = b.row(st, src_key, sn, 0);
-        let (dr, d_new) = b.row(dt, dst_key, dn, 0);
+        let (sr, s_new) = b.row(st, src_key, sn, 1);
+        let (dr, d_new) = b.row(dt, dst_key, dn, 1);
         for (is_new, t, n, row) in [(s_new, st, sn, sr), (d_new, dt, dn, dr)] {
-            if let (true, Some(n)) = (is_new, n) {
-                frontier.push((t, n, row));
+            if is_new {
+                if relation != Relation::AccountAccount && b.sub.own_rows[t.index()].is_none() {
+                    b.sub.own_rows[t.index()] = Some(row);
+                }
+                b.sub.hops = 1;
+                if let Some(n) = n {
+                    own.push((t, n, row));
+                }
             }
         }
         // The transaction's own edge, with what the graph knew of it before.
@@ -274,25 +309,31 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         b.edge(relation, sr, dr, view.as_ref(), true);
     }
 
-    // Hops 1..=3.
+    // Hops 1..=3: every node first reached at the hop before adds up to
+    // `fanouts[hop - 1]` neighbours.
     let mut rng = SplitMix(config.seed ^ (txn_hash(&txn.txn_id) as u64));
+    let mut candidates = Vec::new();
+    let mut frontier: Vec<(NodeType, NodeRef, u32)> = account
+        .map(|a| (NodeType::Account, a, account_row))
+        .into_iter()
+        .collect();
     for (hop, &fanout) in config.fanouts.iter().enumerate() {
         let hop = hop as u8 + 1;
-        let mut next = Vec::new();
+        let mut next = if hop == 1 {
+            std::mem::take(&mut own)
+        } else {
+            Vec::new()
+        };
         for &(t, n, src_row) in &frontier {
-            // (relation, side, view) of every visible edge of this node.
-            let mut candidates: Vec<(Relation, Side, EdgeView)> = graph.with_node(t, n, |node| {
-                ports(t)
-                    .iter()
-                    .zip(node.ports.iter())
-                    .flat_map(|(&(r, side), list)| {
-                        list.iter()
-                            .filter_map(move |e| e.as_of(t_s).map(|v| (r, side, v)))
-                    })
-                    .collect()
+            candidates.clear();
+            // (relation, side, view) of the visible edges of this node that
+            // can be chosen.
+            let keep = (config.strategy == Strategy::MostRecent).then_some(fanout);
+            graph.with_node(t, n, |node| {
+                visible_edges(node, t, t_s, keep, &mut candidates)
             });
             choose(&mut candidates, fanout, config.strategy, &mut rng);
-            for (relation, side, view) in candidates {
+            for &(relation, side, view) in &candidates {
                 let (st, dt) = relation.endpoints();
                 let nbr_t = if side == Side::Out { dt } else { st };
                 let (nbr_row, is_new) = b.row_of(nbr_t, view.nbr, hop);
@@ -313,6 +354,47 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
 
     transaction_features(&mut b, txn, account);
     b.sub
+}
+
+/// Appends the edges of `node` (of type `t`) visible as of `t_s` to `out`.
+/// With `keep = Some(k)` (most-recent sampling) only edges that can be among
+/// the `k` most recent of the node: per relation side, the last `k` settled
+/// edges (and any tied with the k-th) plus the visible ones of the tail seen
+/// at or after `t_s`, whose views move back in time.
+fn visible_edges(
+    node: &crate::graph::Node,
+    t: NodeType,
+    t_s: u32,
+    keep: Option<usize>,
+    out: &mut Vec<(Relation, Side, EdgeView)>,
+) {
+    let quiet = node.quiet_since(t_s);
+    for (&(relation, side), list) in ports(t).iter().zip(node.ports.iter()) {
+        let settled = if quiet {
+            list.len()
+        } else {
+            list.partition_point(|e| e.last_s < t_s)
+        };
+        out.extend(
+            list[settled..]
+                .iter()
+                .filter_map(|e| e.as_of(t_s).map(|v| (relation, side, v))),
+        );
+        let settled = &list[..settled];
+        let from = match keep {
+            Some(0) => settled.len(),
+            Some(k) if settled.len() > k => {
+                let mut from = settled.len() - k;
+                let boundary = settled[from].last_s;
+                while from > 0 && settled[from - 1].last_s == boundary {
+                    from -= 1;
+                }
+                from
+            }
+            _ => 0,
+        };
+        out.extend(settled[from..].iter().map(|e| (relation, side, e.view())));
+    }
 }
 
 /// Keeps at most `k` candidates: the most recent, or a weighted draw.
@@ -344,6 +426,9 @@ fn choose(
             c.sort_unstable_by(newest_first);
         }
         Strategy::Weighted => {
+            // Draws in a canonical order: the stored order changes when the
+            // target itself is applied, and a retry must sample the same.
+            c.sort_unstable_by_key(|(r, side, v)| (*r, *side == Side::In, v.nbr));
             // Efraimidis–Spirakis: keep the k largest u^(1/w).
             let mut keyed: Vec<(f64, (Relation, Side, EdgeView))> = c
                 .drain(..)

@@ -34,8 +34,9 @@ use crate::schema::NodeType;
 const MAGIC: &[u8; 8] = b"FGSNAPv1";
 /// The snapshot format version this build writes and reads. The shard a
 /// node id hashes to is part of the format (slots are restored in place), so
-/// a change of that hash bumps it too.
-pub const FORMAT_VERSION: u32 = 2;
+/// a change of that hash bumps it too. Version 3: adjacency lists ordered by
+/// last sighting.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Kafka offsets a snapshot reflects: the next offset to consume per
 /// (topic, partition).

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use fraudgraph_proto::v1::Transaction;
-use fraudgraph_sampler::graph::{Graph, GraphConfig, NodeRef, epoch_secs, ports};
+use fraudgraph_sampler::graph::{Edge, Graph, GraphConfig, NodeRef, epoch_secs, ports};
 use fraudgraph_sampler::{NodeType, Relation, edges_of};
 use proptest::prelude::*;
 
@@ -26,6 +26,10 @@ fn assert_symmetric(g: &Graph, keys: &HashMap<(NodeType, String), NodeRef>) {
     for ((t, _), &node) in keys {
         let lists: Vec<Vec<_>> = g.with_node(*t, node, |n| n.ports.to_vec());
         for (port, list) in lists.iter().enumerate() {
+            assert!(
+                list.windows(2).all(|w| w[0].last_s <= w[1].last_s),
+                "adjacency ordered by last sighting"
+            );
             let (relation, side) = ports(*t)[port];
             let (src_t, dst_t) = relation.endpoints();
             let nbr_t = if side == fraudgraph_sampler::graph::Side::Out {
@@ -49,8 +53,12 @@ fn assert_symmetric(g: &Graph, keys: &HashMap<(NodeType, String), NodeRef>) {
                 let back =
                     back.unwrap_or_else(|| panic!("edge {relation:?} stored at one end only"));
                 assert_eq!(
-                    (back.count, back.first_s, back.last_s),
-                    (e.count, e.first_s, e.last_s)
+                    back,
+                    Edge {
+                        nbr: back.nbr,
+                        ..*e
+                    },
+                    "both ends agree"
                 );
             }
         }

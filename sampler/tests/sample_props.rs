@@ -102,8 +102,11 @@ proptest! {
                 let width = features::node_width(t);
                 for (row, n) in sub.nodes[t.index()].iter().enumerate() {
                     let is_new = sub.node_features[t.index()][row * width + NODE_BASE_FEATURES.len() - 1];
-                    if n.hop > 0 || is_new == 0.0 {
-                        prop_assert!(seen_before.contains(&(t, n.key.to_string())), "{:?} {} not seen before t", t, n.key);
+                    let key = sub.key(&g, t, row).unwrap();
+                    if is_new == 0.0 {
+                        prop_assert!(seen_before.contains(&(t, key.clone())), "{:?} {} not seen before t", t, key);
+                    } else {
+                        prop_assert!(n.new_key.is_some() && n.hop <= 1, "only the transaction's own entities are new");
                     }
                 }
             }
@@ -112,7 +115,7 @@ proptest! {
                 for (i, &(s, d)) in sub.edge_index[r.index()].iter().enumerate() {
                     let f = &sub.edge_features[r.index()][i * EDGE_FEATURES.len()..(i + 1) * EDGE_FEATURES.len()];
                     let count = f[0].exp_m1().round() as u32;
-                    let key = (r, sub.nodes[st.index()][s as usize].key.to_string(), sub.nodes[dt.index()][d as usize].key.to_string());
+                    let key = (r, sub.key(&g, st, s as usize).unwrap(), sub.key(&g, dt, d as usize).unwrap());
                     let truth = count_before.get(&key).copied().unwrap_or(0);
                     prop_assert!(count <= truth, "{:?}: count {} > {} sightings before t", key, count, truth);
                     if f[4] == 0.0 {
@@ -125,8 +128,10 @@ proptest! {
         }
     }
 
-    /// Fan-out: every node first reached at hop h-1 adds at most fanout[h-1]
-    /// nodes at hop h; sampling twice gives the same subgraph.
+    /// Fan-out: hop 1 holds the transaction's own entities and at most
+    /// fanout[0] neighbours of the account; every node first reached at hop
+    /// h-1 adds at most fanout[h-1] nodes at hop h; sampling twice gives the
+    /// same subgraph.
     #[test]
     fn fanout_bounds_and_determinism(events in prop::collection::vec(txn_strategy(), 1..120), target in txn_strategy(), f1 in 1usize..4, f2 in 1usize..3, f3 in 1usize..3) {
         let g = graph_of(&stream(events));
@@ -136,7 +141,10 @@ proptest! {
             let config = SamplerConfig { fanouts: [f1, f2, f3], strategy, seed: 7 };
             let sub = sample(&g, &target, &config);
             let at_hop = |h: u8| sub.nodes.iter().flatten().filter(|n| n.hop == h).count();
-            for h in 1..=3u8 {
+            prop_assert_eq!(at_hop(0), 1, "the account");
+            let own = edges_of(&target).count() + 1;
+            prop_assert!(at_hop(1) <= f1 + own);
+            for h in 2..=3u8 {
                 prop_assert!(at_hop(h) <= at_hop(h - 1) * config.fanouts[usize::from(h) - 1]);
             }
             prop_assert!(sub.hops <= 3);
@@ -190,8 +198,13 @@ fn an_unseen_target_is_included() {
         2,
         "payer and receiver"
     );
-    assert_eq!(sub.nodes[NodeType::Account.index()][0].key.as_ref(), "a0");
+    assert_eq!(sub.key(&g, NodeType::Account, 0).as_deref(), Some("a0"));
     assert_eq!(sub.target_account, 0);
+    assert_eq!(
+        sub.own_rows,
+        [Some(0); 5],
+        "payer, device, IP, merchant, card"
+    );
     for t in [
         NodeType::Device,
         NodeType::Ip,
@@ -204,7 +217,7 @@ fn an_unseen_target_is_included() {
     }
     assert_eq!(sub.edge_count(), edges_of(&target).count());
     assert_eq!(sub.sequence_len, 0);
-    assert_eq!(sub.hops, 0);
+    assert_eq!(sub.hops, 1, "its own entities only");
 }
 
 /// The feature schema is pinned: changing a feature's name, order or the
@@ -237,17 +250,23 @@ fn the_accounts_past_entities_are_its_first_hop() {
     target.merchant_id = "new-m".into();
     target.device_id = Some("new-d".into());
     let sub = sample(&g, &target, &SamplerConfig::default());
-    let hop1: Vec<&str> = sub.nodes[NodeType::Merchant.index()]
-        .iter()
-        .filter(|n| n.hop == 1)
-        .map(|n| n.key.as_ref())
-        .collect();
+    let keys = |t: NodeType, hop: u8| -> Vec<String> {
+        (0..sub.nodes[t.index()].len())
+            .filter(|&row| sub.nodes[t.index()][row].hop == hop)
+            .map(|row| sub.key(&g, t, row).unwrap())
+            .collect()
+    };
+    let hop1 = keys(NodeType::Merchant, 1);
     for m in ["old-m0", "old-m1", "old-m2"] {
-        assert!(hop1.contains(&m), "{m} missing from hop 1: {hop1:?}");
+        assert!(
+            hop1.iter().any(|k| k == m),
+            "{m} missing from hop 1: {hop1:?}"
+        );
     }
-    let old_device = sub.nodes[NodeType::Device.index()]
-        .iter()
-        .find(|n| n.key.as_ref() == "d0");
-    assert_eq!(old_device.map(|n| n.hop), Some(1));
+    assert!(
+        hop1.iter().any(|k| k == "new-m"),
+        "its own merchant is at hop 1"
+    );
+    assert!(keys(NodeType::Device, 1).iter().any(|k| k == "d0"));
     assert_eq!(sub.sequence_len, 3);
 }

@@ -88,13 +88,15 @@ fn replayed_subgraphs_reach_three_hops_and_collate() {
 
 #[test]
 fn the_view_matches_the_subgraph_and_exports_dot() {
-    let (_, subs) = replay();
+    let (graph, subs) = replay();
     let sub = subs.iter().max_by_key(|s| s.edge_count()).unwrap();
-    let g = sub.to_petgraph();
+    let g = sub.to_petgraph(&graph);
     assert_eq!(g.node_count(), sub.node_count());
     assert_eq!(g.edge_count(), sub.edge_count());
-    let dot = sub.to_dot();
+    let payer = sub.key(&graph, NodeType::Account, 0).unwrap();
+    assert!(payer.starts_with("acc_"), "{payer}");
+    let dot = sub.to_dot(&graph);
     assert!(dot.starts_with("digraph"));
-    assert!(dot.contains(sub.nodes[0][0].key.as_ref()));
+    assert!(dot.contains(&payer));
     assert_eq!(dot.matches(" -> ").count(), sub.edge_count());
 }

@@ -71,17 +71,18 @@ fn sample_latencies(
     graph: &Graph,
     targets: &[Transaction],
     config: &SamplerConfig,
-) -> (Vec<f64>, f64) {
+) -> (Vec<f64>, Vec<f64>) {
     let mut lat = Vec::with_capacity(targets.len());
-    let mut nodes = 0usize;
+    let mut nodes = Vec::with_capacity(targets.len());
     for t in targets {
         let start = Instant::now();
         let sub = sample(graph, t, config);
         lat.push(start.elapsed().as_secs_f64() * 1e6);
-        nodes += sub.node_count();
+        nodes.push(sub.node_count() as f64);
     }
     lat.sort_by(f64::total_cmp);
-    (lat, nodes as f64 / targets.len().max(1) as f64)
+    nodes.sort_by(f64::total_cmp);
+    (lat, nodes)
 }
 
 fn sampler(b: SamplerBench) -> anyhow::Result<()> {
@@ -121,7 +122,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         .take(b.samples)
         .cloned()
         .collect();
-    let (alone, mean_nodes) = sample_latencies(&graph, &targets, &config);
+    let (alone, sampled_nodes) = sample_latencies(&graph, &targets, &config);
     drop(graph);
 
     // 3. Sampling while the writer ingests the last fifth concurrently.
@@ -173,7 +174,9 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         "bytes_per_node": stats.node_bytes as f64 / stats.nodes.iter().sum::<u64>().max(1) as f64,
         "fanouts": b.fanouts,
         "strategy": if b.weighted { "weighted" } else { "most_recent" },
-        "mean_sampled_nodes": mean_nodes,
+        "mean_sampled_nodes": sampled_nodes.iter().sum::<f64>() / sampled_nodes.len().max(1) as f64,
+        "sampled_nodes_p99": percentile(&sampled_nodes, 0.99),
+        "sampled_nodes_max": sampled_nodes.last().copied().unwrap_or(0.0),
         "sample_p50_us": percentile(&alone, 0.5),
         "sample_p99_us": percentile(&alone, 0.99),
         "sample_max_us": alone.last().copied().unwrap_or(0.0),
