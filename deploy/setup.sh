@@ -9,7 +9,8 @@ LIGHTGBM_VERSION=4.7.0
 CMAKE_MIN=3.28
 PYTHON_VERSION=3.11
 TANSU_VERSION=0.6.0
-APT_PACKAGES=(libclang-dev clang pkg-config zlib1g-dev build-essential)
+# fonts-dejavu-core: the TrueType font models/src/plots.rs draws text with.
+APT_PACKAGES=(libclang-dev clang pkg-config zlib1g-dev build-essential fonts-dejavu-core)
 PIP_REQUIREMENTS=("torch==${TORCH_VERSION}" "cmake>=${CMAKE_MIN}" numpy "lightgbm==${LIGHTGBM_VERSION}")
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,0 +1,774 @@
+//! Hybrid-FraudNet: a relation-aware heterogeneous graph attention network fused with
+//! temporal attention over the account's recent transactions.
+//!
+//! This module owns the model's architecture, its configuration ([`NetConfig`]), the
+//! names of its parameters in a [`nn::VarStore`], and its precision switch
+//! ([`Precision`]). It reads only [`BatchTensors`]; training loops, artifacts and
+//! serving live elsewhere.
+//!
+//! The forward pass, for a batch of `B` sampled subgraphs:
+//!
+//! 1. **Input encoders**, one per node type: `Linear(node_width(t) → hidden)`, LayerNorm,
+//!    ReLU (`enc_<type>`).
+//! 2. **`layers` rounds of heterogeneous message passing**. Each of the 7 relations is used
+//!    in both directions, 14 message types `layer<l>/rel_<relation>_<fwd|rev>`, each with
+//!    its own query (destination), key and value (source) projections, edge-feature
+//!    projection and per-head attention vector. Scores are GATv2-style,
+//!    `a·LeakyReLU(q_dst + k_src + W_e e)`, normalized by a numerically stable scatter
+//!    softmax over the incoming edges of each destination node; messages are the
+//!    attention-weighted values `v_src + W_e' e`. Per destination type the messages are
+//!    averaged over the message types that reached the node, then
+//!    `x ← LayerNorm(x + Dropout(GELU(Linear(m))))` (`layer<l>/update_<type>`,
+//!    `layer<l>/norm_<type>`).
+//! 3. **Readout**: the target account's embedding concatenated with the per-subgraph mean
+//!    of every node type's embeddings, through `readout`.
+//! 4. **Temporal attention** (`seq`): each sequence element's features plus a Time2Vec
+//!    encoding of `log_seconds_before_target` are projected to keys and values; the query
+//!    comes from the graph readout and the transaction embedding; padding is masked, and
+//!    a subgraph with no history gets a zero vector.
+//! 5. **Transaction encoder** (`txn`) over the 18 transaction features.
+//! 6. **Fusion MLP** (`fusion`) over the three vectors: one logit per subgraph.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use fraudgraph_sampler::features::{self, EDGE_FEATURES, SEQ_FEATURES, TXN_FEATURES};
+use fraudgraph_sampler::{NodeType, Relation};
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+use crate::tensors::{BatchTensors, NODE_TYPES};
+
+/// Errors of building the model or running it on a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The configuration cannot describe a model.
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// An array of a [`fraudgraph_sampler::batch::Batch`] has the wrong length for its
+    /// row count and feature width.
+    #[error("batch {what}: expected {expected} values, got {got}")]
+    Length {
+        /// Which array.
+        what: String,
+        /// The length the row count and feature width call for.
+        expected: usize,
+        /// The length it has.
+        got: usize,
+    },
+    /// An index points past the rows it indexes.
+    #[error("batch {what}: index {index} out of range for {rows} rows")]
+    IndexOutOfRange {
+        /// Which index array.
+        what: String,
+        /// The largest index found.
+        index: usize,
+        /// The rows it indexes.
+        rows: usize,
+    },
+    /// A tensor of a [`BatchTensors`] has the wrong shape.
+    #[error("tensor {what}: expected shape {expected:?}, got {got:?}")]
+    Shape {
+        /// Which tensor.
+        what: String,
+        /// The shape the model needs.
+        expected: Vec<i64>,
+        /// The shape it has.
+        got: Vec<i64>,
+    },
+    /// The batch is on another device than the model.
+    #[error("batch is on {batch:?}, model on {model:?}")]
+    Device {
+        /// The model's device.
+        model: Device,
+        /// The batch's device.
+        batch: Device,
+    },
+    /// The batch's float tensors are of another kind than the model's parameters.
+    #[error("batch features are {batch:?}, model parameters {model:?}")]
+    Kind {
+        /// The model's parameter kind.
+        model: Kind,
+        /// The batch's feature kind.
+        batch: Kind,
+    },
+    /// libtorch failed while running the model (e.g. CUDA out of memory).
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+/// The model's hyper-parameters. Stored with a trained model; unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// Width of every node, sequence and transaction embedding.
+    pub hidden: usize,
+    /// Attention heads in message passing and temporal attention; divides `hidden`.
+    pub heads: usize,
+    /// Rounds of message passing (hops a message can travel).
+    pub layers: usize,
+    /// Dropout on attention weights and hidden activations while training.
+    pub dropout: f64,
+    /// Dimensions of the Time2Vec encoding of a sequence element's age (1 linear, the
+    /// rest periodic); at least 1.
+    pub time_dims: usize,
+    /// Negative slope of the LeakyReLU in attention scores.
+    pub negative_slope: f64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            hidden: 64,
+            heads: 4,
+            layers: 3,
+            dropout: 0.1,
+            time_dims: 8,
+            negative_slope: 0.2,
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks that the numbers describe a model.
+    pub fn validate(&self) -> Result<(), NetError> {
+        let bad = |m: String| Err(NetError::Config(m));
+        if self.hidden == 0 || self.heads == 0 || self.time_dims == 0 {
+            return bad(format!(
+                "hidden ({}), heads ({}) and time_dims ({}) must be positive",
+                self.hidden, self.heads, self.time_dims
+            ));
+        }
+        if !self.hidden.is_multiple_of(self.heads) {
+            return bad(format!(
+                "heads ({}) must divide hidden ({})",
+                self.heads, self.hidden
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.negative_slope) {
+            return bad(format!(
+                "negative_slope {} is not in [0, 1)",
+                self.negative_slope
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The numeric precision the model's parameters and inputs run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats: training, and inference on CPU.
+    F32,
+    /// IEEE half precision: inference on CUDA.
+    F16,
+    /// bfloat16: inference on CUDA.
+    Bf16,
+}
+
+impl Precision {
+    /// The libtorch kind of this precision.
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::F16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+/// Converts every parameter of `vs` to `precision`, in place. Models built on `vs` see
+/// the change (tch swaps the tensors' data); [`HybridFraudNet::predict`] then converts its
+/// inputs to match. Half precision is meant for inference on CUDA; many CPU kernels do
+/// not support it.
+pub fn set_precision(vs: &mut nn::VarStore, precision: Precision) {
+    match precision {
+        Precision::F32 => vs.float(),
+        Precision::F16 => vs.half(),
+        Precision::Bf16 => vs.bfloat16(),
+    }
+}
+
+/// A short lowercase name of a node type, used in parameter names (`enc_account`).
+pub fn node_type_name(t: NodeType) -> &'static str {
+    match t {
+        NodeType::Account => "account",
+        NodeType::Device => "device",
+        NodeType::Ip => "ip",
+        NodeType::Merchant => "merchant",
+        NodeType::Card => "card",
+    }
+}
+
+/// The parameter-path component of a message type: `rel_<relation name>_<fwd|rev>`,
+/// e.g. `rel_used_device_fwd` (account → device) or `rel_used_device_rev` (device →
+/// account). Inside layer `l` its parameters are named `layer<l>.rel_..._fwd.<...>`.
+pub fn message_type_name(relation: Relation, reverse: bool) -> String {
+    format!(
+        "rel_{}_{}",
+        relation.name(),
+        if reverse { "rev" } else { "fwd" }
+    )
+}
+
+/// Linear → LayerNorm → ReLU.
+#[derive(Debug)]
+struct Encoder {
+    linear: nn::Linear,
+    norm: nn::LayerNorm,
+}
+
+impl Encoder {
+    fn new(p: &nn::Path<'_>, input: i64, hidden: i64) -> Encoder {
+        Encoder {
+            linear: nn::linear(p / "linear", input, hidden, Default::default()),
+            norm: nn::layer_norm(p / "norm", vec![hidden], Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.apply(&self.linear).apply(&self.norm).relu()
+    }
+}
+
+/// One relation used in one direction inside one layer.
+#[derive(Debug)]
+struct MessageType {
+    relation: usize,
+    reverse: bool,
+    src: usize,
+    dst: usize,
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    /// Edge features → (key term, value term), `[E, 2·hidden]`.
+    edge: nn::Linear,
+    /// Per-head attention vector, `[heads, hidden/heads]`.
+    att: Tensor,
+}
+
+/// One round of message passing.
+#[derive(Debug)]
+struct Layer {
+    messages: Vec<MessageType>,
+    update: Vec<nn::Linear>,
+    norm: Vec<nn::LayerNorm>,
+}
+
+/// Hybrid-FraudNet on a [`nn::Path`]: see the module documentation for the architecture
+/// and parameter names. Its device and precision are those of the path's var store.
+#[derive(Debug)]
+pub struct HybridFraudNet {
+    config: NetConfig,
+    encoders: Vec<Encoder>,
+    layers: Vec<Layer>,
+    readout: nn::Linear,
+    txn: Encoder,
+    time_w: Tensor,
+    time_b: Tensor,
+    seq_in: nn::Linear,
+    seq_query: nn::Linear,
+    seq_key: nn::Linear,
+    seq_value: nn::Linear,
+    seq_out: nn::Linear,
+    fusion_hidden: nn::Linear,
+    fusion_out: nn::Linear,
+}
+
+impl HybridFraudNet {
+    /// Creates the model's parameters under `p` (initialized from libtorch's RNG, so
+    /// `tch::manual_seed` makes them reproducible).
+    pub fn new(p: &nn::Path<'_>, config: &NetConfig) -> Result<HybridFraudNet, NetError> {
+        config.validate()?;
+        let h = config.hidden as i64;
+        let heads = config.heads as i64;
+        let dh = h / heads;
+        let ew = EDGE_FEATURES.len() as i64;
+        let no_bias = nn::LinearConfig {
+            bias: false,
+            ..Default::default()
+        };
+
+        let encoders = NodeType::ALL
+            .iter()
+            .map(|&t| {
+                let name = format!("enc_{}", node_type_name(t));
+                Encoder::new(&(p / name), features::node_width(t) as i64, h)
+            })
+            .collect();
+
+        let layers = (0..config.layers)
+            .map(|l| {
+                let lp = p / format!("layer{l}");
+                let mut messages = Vec::with_capacity(2 * Relation::ALL.len());
+                for r in Relation::ALL {
+                    for reverse in [false, true] {
+                        let (mut src, mut dst) = r.endpoints();
+                        if reverse {
+                            std::mem::swap(&mut src, &mut dst);
+                        }
+                        let mp = &lp / message_type_name(r, reverse);
+                        messages.push(MessageType {
+                            relation: r.index(),
+                            reverse,
+                            src: src.index(),
+                            dst: dst.index(),
+                            query: nn::linear(&mp / "query", h, h, Default::default()),
+                            key: nn::linear(&mp / "key", h, h, Default::default()),
+                            value: nn::linear(&mp / "value", h, h, Default::default()),
+                            edge: nn::linear(&mp / "edge", ew, 2 * h, no_bias),
+                            att: mp.var(
+                                "att",
+                                &[heads, dh],
+                                nn::Init::Randn {
+                                    mean: 0.0,
+                                    stdev: 1.0 / (dh as f64).sqrt(),
+                                },
+                            ),
+                        });
+                    }
+                }
+                let update = NodeType::ALL
+                    .iter()
+                    .map(|&t| {
+                        let name = format!("update_{}", node_type_name(t));
+                        nn::linear(&lp / name, h, h, Default::default())
+                    })
+                    .collect();
+                let norm = NodeType::ALL
+                    .iter()
+                    .map(|&t| {
+                        let name = format!("norm_{}", node_type_name(t));
+                        nn::layer_norm(&lp / name, vec![h], Default::default())
+                    })
+                    .collect();
+                Layer {
+                    messages,
+                    update,
+                    norm,
+                }
+            })
+            .collect();
+
+        let sp = p / "seq";
+        let td = config.time_dims as i64;
+        Ok(HybridFraudNet {
+            config: config.clone(),
+            encoders,
+            layers,
+            readout: nn::linear(
+                p / "readout",
+                (1 + NODE_TYPES as i64) * h,
+                h,
+                Default::default(),
+            ),
+            txn: Encoder::new(&(p / "txn"), TXN_FEATURES.len() as i64, h),
+            time_w: sp.var(
+                "time_w",
+                &[td],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            ),
+            time_b: sp.var(
+                "time_b",
+                &[td],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            ),
+            seq_in: nn::linear(
+                &sp / "input",
+                SEQ_FEATURES.len() as i64 + td,
+                h,
+                Default::default(),
+            ),
+            seq_query: nn::linear(&sp / "query", 2 * h, h, Default::default()),
+            seq_key: nn::linear(&sp / "key", h, h, Default::default()),
+            seq_value: nn::linear(&sp / "value", h, h, Default::default()),
+            seq_out: nn::linear(&sp / "out", h, h, Default::default()),
+            fusion_hidden: nn::linear(p / "fusion" / "hidden", 3 * h, h, Default::default()),
+            fusion_out: nn::linear(p / "fusion" / "out", h, 1, Default::default()),
+        })
+    }
+
+    /// The configuration the model was built with.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The device of the model's parameters.
+    pub fn device(&self) -> Device {
+        self.fusion_out.ws.device()
+    }
+
+    /// The kind (precision) of the model's parameters.
+    pub fn kind(&self) -> Kind {
+        self.fusion_out.ws.kind()
+    }
+
+    /// Logits `[B]`, one per subgraph, with dropout when `train`. The batch must be on
+    /// the model's device and of its kind; shapes are checked first
+    /// ([`NetError::Shape`]), and a libtorch failure (e.g. CUDA out of memory) is
+    /// [`NetError::Torch`] rather than a panic.
+    pub fn forward_t(&self, batch: &BatchTensors, train: bool) -> Result<Tensor, NetError> {
+        self.check(batch)?;
+        catch_unwind(AssertUnwindSafe(|| self.forward_unchecked(batch, train))).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "forward pass panicked".to_string());
+            NetError::Torch(message)
+        })
+    }
+
+    /// Fraud probabilities `[B]` (f32), without gradients and without dropout. The
+    /// batch's float tensors are converted to the model's precision first if needed.
+    pub fn predict(&self, batch: &BatchTensors) -> Result<Tensor, NetError> {
+        let _no_grad = tch::no_grad_guard();
+        let kind = self.kind();
+        let converted;
+        let batch = if batch.kind() == kind {
+            batch
+        } else {
+            converted = batch.to_kind(kind);
+            &converted
+        };
+        Ok(self.forward_t(batch, false)?.sigmoid().to_kind(Kind::Float))
+    }
+
+    /// Checks devices, kinds and shapes of `batch` against the model.
+    fn check(&self, b: &BatchTensors) -> Result<(), NetError> {
+        let (model, kind) = (self.device(), self.kind());
+        let expect = |what: &str, t: &Tensor, expected: &[i64]| {
+            if t.device() != model {
+                return Err(NetError::Device {
+                    model,
+                    batch: t.device(),
+                });
+            }
+            if t.size() != expected {
+                return Err(NetError::Shape {
+                    what: what.to_string(),
+                    expected: expected.to_vec(),
+                    got: t.size(),
+                });
+            }
+            Ok(())
+        };
+        let float = |t: &Tensor| {
+            if t.kind() == kind {
+                Ok(())
+            } else {
+                Err(NetError::Kind {
+                    model: kind,
+                    batch: t.kind(),
+                })
+            }
+        };
+        let len = |t: &Tensor| t.size().first().copied().unwrap_or(-1);
+        let bs = b.size;
+        for t in NodeType::ALL {
+            let i = t.index();
+            let rows = len(&b.node_graph[i]);
+            expect(&format!("node_graph[{t:?}]"), &b.node_graph[i], &[rows])?;
+            expect(
+                &format!("node_features[{t:?}]"),
+                &b.node_features[i],
+                &[rows, features::node_width(t) as i64],
+            )?;
+            float(&b.node_features[i])?;
+        }
+        for r in Relation::ALL {
+            let i = r.index();
+            let e = b.edge_index[i].size().get(1).copied().unwrap_or(-1);
+            expect(&format!("edge_index[{r:?}]"), &b.edge_index[i], &[2, e])?;
+            expect(
+                &format!("edge_features[{r:?}]"),
+                &b.edge_features[i],
+                &[e, EDGE_FEATURES.len() as i64],
+            )?;
+            float(&b.edge_features[i])?;
+        }
+        expect("target_account", &b.target_account, &[bs])?;
+        expect(
+            "txn_features",
+            &b.txn_features,
+            &[bs, TXN_FEATURES.len() as i64],
+        )?;
+        float(&b.txn_features)?;
+        expect(
+            "sequence",
+            &b.sequence,
+            &[bs, b.max_sequence, SEQ_FEATURES.len() as i64],
+        )?;
+        float(&b.sequence)?;
+        expect("sequence_len", &b.sequence_len, &[bs])?;
+        Ok(())
+    }
+
+    fn forward_unchecked(&self, b: &BatchTensors, train: bool) -> Tensor {
+        let mut x: Vec<Tensor> = self
+            .encoders
+            .iter()
+            .zip(&b.node_features)
+            .map(|(enc, f)| enc.forward(f))
+            .collect();
+        let reach = Self::inverse_reach(b, (x[0].kind(), x[0].device()));
+        for layer in &self.layers {
+            x = self.message_passing(layer, &x, &reach, b, train);
+        }
+
+        // Readout: the target account, and the mean of each node type per subgraph.
+        let opts = (x[0].kind(), x[0].device());
+        let mut parts = vec![x[NodeType::Account.index()].index_select(0, &b.target_account)];
+        for (xt, graph) in x.iter().zip(&b.node_graph) {
+            let h = xt.size()[1];
+            let sum = Tensor::zeros([b.size, h], opts).index_add(0, graph, xt);
+            let count = Tensor::zeros([b.size], opts)
+                .index_add(0, graph, &Tensor::ones([xt.size()[0]], opts))
+                .clamp_min(1.0);
+            parts.push(sum / count.unsqueeze(1));
+        }
+        let graph = Tensor::cat(&parts, 1).apply(&self.readout).relu();
+
+        let txn = self.txn.forward(&b.txn_features);
+        let temporal = self.temporal(&graph, &txn, b, train);
+
+        Tensor::cat(&[graph, txn, temporal], 1)
+            .apply(&self.fusion_hidden)
+            .relu()
+            .dropout(self.config.dropout, train)
+            .apply(&self.fusion_out)
+            .squeeze_dim(1)
+    }
+
+    /// Per node type `[N_t, 1]`: 1 / the number of message types with an edge into each
+    /// node (1 for a node none reaches), so that summed messages become a mean.
+    fn inverse_reach(b: &BatchTensors, opts: (Kind, Device)) -> Vec<Tensor> {
+        let mut reach: Vec<Tensor> = b
+            .node_graph
+            .iter()
+            .map(|g| Tensor::zeros([g.size()[0]], opts))
+            .collect();
+        for (r, reverse) in Self::message_types() {
+            let index = &b.edge_index[r.index()];
+            let e = index.size()[1];
+            if e == 0 {
+                continue;
+            }
+            let (src, dst) = r.endpoints();
+            let (t, row) = if reverse { (src, 0) } else { (dst, 1) };
+            let hit = Tensor::zeros_like(&reach[t.index()])
+                .index_add(0, &index.get(row), &Tensor::ones([e], opts))
+                .clamp_max(1.0);
+            reach[t.index()] += hit;
+        }
+        reach
+            .into_iter()
+            .map(|n| n.clamp_min(1.0).reciprocal().unsqueeze(1))
+            .collect()
+    }
+
+    /// One round of relation-aware attention message passing over all 14 message types;
+    /// `reach` is [`HybridFraudNet::inverse_reach`].
+    fn message_passing(
+        &self,
+        layer: &Layer,
+        x: &[Tensor],
+        reach: &[Tensor],
+        b: &BatchTensors,
+        train: bool,
+    ) -> Vec<Tensor> {
+        let h = self.config.hidden as i64;
+        let heads = self.config.heads as i64;
+        let dh = h / heads;
+        let slope = self.config.negative_slope;
+        let opts = (x[0].kind(), x[0].device());
+        let mut sums: Vec<Option<Tensor>> = (0..NODE_TYPES).map(|_| None).collect();
+
+        for m in &layer.messages {
+            let index = &b.edge_index[m.relation];
+            let e = index.size()[1];
+            if e == 0 {
+                continue;
+            }
+            let (src, dst) = if m.reverse {
+                (index.get(1), index.get(0))
+            } else {
+                (index.get(0), index.get(1))
+            };
+            let n_dst = x[m.dst].size()[0];
+            // Project nodes, then gather per edge: a node has several edges.
+            let edge = b.edge_features[m.relation].apply(&m.edge).chunk(2, 1);
+            let q = x[m.dst].apply(&m.query).index_select(0, &dst);
+            let k = x[m.src].apply(&m.key).index_select(0, &src) + &edge[0];
+            let z = (q + k).view([e, heads, dh]);
+            let z = z.maximum(&(&z * slope)); // LeakyReLU with the configured slope.
+            let score = (z * &m.att).sum_dim_intlist(-1, false, None::<Kind>); // [E, heads]
+
+            let alpha = scatter_softmax(&score, &dst, n_dst).dropout(self.config.dropout, train);
+
+            let v =
+                (x[m.src].apply(&m.value).index_select(0, &src) + &edge[1]).view([e, heads, dh]);
+            let msg = (v * alpha.unsqueeze(-1)).view([e, h]);
+            let agg = Tensor::zeros([n_dst, h], opts).index_add(0, &dst, &msg);
+            sums[m.dst] = Some(match sums[m.dst].take() {
+                Some(s) => s + agg,
+                None => agg,
+            });
+        }
+
+        x.iter()
+            .enumerate()
+            .map(|(t, xt)| {
+                let mean = match &sums[t] {
+                    Some(s) => s * &reach[t],
+                    None => xt.zeros_like(),
+                };
+                let update = mean
+                    .apply(&layer.update[t])
+                    .gelu("none")
+                    .dropout(self.config.dropout, train);
+                (xt + update).apply(&layer.norm[t])
+            })
+            .collect()
+    }
+
+    /// Attention of the graph + transaction query over the account's recent
+    /// transactions: `[B, hidden]`, zeros for a subgraph with no history.
+    fn temporal(&self, graph: &Tensor, txn: &Tensor, b: &BatchTensors, train: bool) -> Tensor {
+        let h = self.config.hidden as i64;
+        let heads = self.config.heads as i64;
+        let dh = h / heads;
+        let (bs, l) = (b.size, b.max_sequence);
+        let opts = (graph.kind(), graph.device());
+        if l == 0 {
+            return Tensor::zeros([bs, h], opts);
+        }
+
+        // Time2Vec of log_seconds_before_target: one linear term, the rest periodic.
+        let age = b.sequence.select(2, 1).unsqueeze(-1); // [B, L, 1]
+        let t2v = age * &self.time_w + &self.time_b; // [B, L, T]
+        let td = self.config.time_dims as i64;
+        let time = Tensor::cat(&[t2v.narrow(2, 0, 1), t2v.narrow(2, 1, td - 1).sin()], 2);
+        let elems = Tensor::cat(&[&b.sequence, &time], 2)
+            .apply(&self.seq_in)
+            .relu(); // [B, L, h]
+
+        let split = |t: Tensor| t.view([bs, l, heads, dh]).transpose(1, 2); // [B, H, L, dh]
+        let keys = split(elems.apply(&self.seq_key));
+        let values = split(elems.apply(&self.seq_value));
+        let query = Tensor::cat(&[graph, txn], 1)
+            .apply(&self.seq_query)
+            .view([bs, heads, 1, dh]);
+        let scores = query.matmul(&keys.transpose(-1, -2)) / (dh as f64).sqrt(); // [B, H, 1, L]
+
+        // Right-aligned: position p is real when p >= L - len.
+        let len = &b.sequence_len;
+        let positions = Tensor::arange(l, (Kind::Int64, len.device()));
+        let padding = positions
+            .unsqueeze(0)
+            .lt_tensor(&(len.neg() + l).unsqueeze(1))
+            .view([bs, 1, 1, l]);
+        // A large finite negative (fits f16): an all-padding row gives a finite uniform
+        // softmax instead of NaN, and is zeroed below.
+        let attn = scores
+            .masked_fill(&padding, -1e4)
+            .softmax(-1, None::<Kind>)
+            .dropout(self.config.dropout, train);
+        let has_history = len.gt(0).to_kind(opts.0).unsqueeze(1);
+        attn.matmul(&values).view([bs, h]).apply(&self.seq_out) * has_history
+    }
+
+    /// The message types of each layer as `(relation, reverse)`, in the order their
+    /// parameters are created: every relation forward, then reverse.
+    pub fn message_types() -> Vec<(Relation, bool)> {
+        Relation::ALL
+            .iter()
+            .flat_map(|&r| [(r, false), (r, true)])
+            .collect()
+    }
+}
+
+/// Softmax of `score` (`[E, heads]`) over the edges that share a destination in `dst`
+/// (`[E]`, rows `0..n_dst`), with each destination's maximum subtracted first so large
+/// scores do not overflow. Every destination with edges has a denominator of at least 1.
+fn scatter_softmax(score: &Tensor, dst: &Tensor, n_dst: i64) -> Tensor {
+    let size = score.size();
+    let opts = (score.kind(), score.device());
+    // `scatter_reduce.two`; `index_reduce` would do but logs a "beta" warning.
+    let max = Tensor::zeros([n_dst, size[1]], opts).internal_scatter_reduce(
+        0,
+        &dst.unsqueeze(1).expand(&size, false),
+        &score.detach(),
+        "amax",
+        false,
+    );
+    let exp = (score - max.index_select(0, dst)).exp();
+    let denom = Tensor::zeros([n_dst, size[1]], opts).index_add(0, dst, &exp);
+    exp / denom.index_select(0, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_validates() {
+        let c = NetConfig::default();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<NetConfig>(&json).unwrap(), c);
+        assert!(
+            NetConfig {
+                heads: 3,
+                ..c.clone()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(serde_json::from_str::<NetConfig>(r#"{"hiden": 3}"#).is_err());
+    }
+
+    #[test]
+    fn message_type_names_cover_both_directions() {
+        let names: Vec<String> = HybridFraudNet::message_types()
+            .into_iter()
+            .map(|(r, rev)| message_type_name(r, rev))
+            .collect();
+        assert_eq!(names.len(), 14);
+        assert_eq!(names[0], "rel_used_device_fwd");
+        assert_eq!(names[1], "rel_used_device_rev");
+    }
+
+    #[test]
+    fn scatter_softmax_normalizes_per_destination_and_is_stable() {
+        // Destinations: edges 0, 2 and 3 go to row 1, edge 1 to row 0; row 2 has none.
+        let score =
+            Tensor::from_slice(&[1000.0f32, -5.0, 1001.0, 999.0, 1.0, 2.0, 3.0, 4.0]).view([4, 2]);
+        let dst = Tensor::from_slice(&[1i64, 0, 1, 1]);
+        let alpha = scatter_softmax(&score, &dst, 3);
+        let expected = |xs: [f64; 3]| {
+            let m = xs.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = xs.iter().map(|x| (x - m).exp()).sum();
+            xs.map(|x| (x - m).exp() / z)
+        };
+        // Without the max subtracted, exp(1000) overflows f32.
+        let head0 = expected([1000.0, 1.0, 3.0]);
+        let head1 = expected([-5.0, 2.0, 4.0]);
+        let got = Vec::<f32>::try_from(alpha.flatten(0, -1)).unwrap();
+        let want = [
+            head0[0], head1[0], 1.0, 1.0, head0[1], head1[1], head0[2], head1[2],
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    }
+}
