@@ -1,9 +1,10 @@
 //! fraudgraph's models.
 //!
-//! This crate will own Hybrid-FraudNet (libtorch through tch), the LightGBM fallback, the
-//! single definition of features, training, evaluation and the model artifact format.
+//! This crate owns Hybrid-FraudNet (libtorch through tch), the LightGBM fallback, training,
+//! evaluation and the model artifact format. The features themselves are defined once, in
+//! `fraudgraph_sampler::features`, and used by training and serving alike.
 //!
-//! For now it owns these modules:
+//! Modules:
 //!
 //! - [`runtime`]: which libtorch and LightGBM this process really runs with (the libtorch
 //!   it was built against, the one the loader actually mapped, CUDA/cuDNN availability,
@@ -12,14 +13,23 @@
 //!   and index ranges checked.
 //! - [`net`]: Hybrid-FraudNet, relation-aware heterogeneous graph attention fused with
 //!   temporal attention over the account's history; its configuration and precision switch.
+//! - [`gbdt`]: the LightGBM fallback on tabular features (the transaction and its one-hop
+//!   context), saved as a standard LightGBM text model.
+//! - [`metrics`]: PR-AUC, ROC-AUC, F1, recall at a false-positive rate; [`plots`]: PNGs.
+//! - [`dataset`]: labelled streams replayed leak-free through the graph and sampler, split
+//!   by time.
+//! - [`train`]: one replay, then the GNN (early stopped on validation PR-AUC) and the GBDT,
+//!   and their decision thresholds.
 //!
 //! Building: `.cargo/config.toml` points `LIBTORCH` and `CMAKE` into the repo's `.venv`
 //! (made by `deploy/setup.sh`), and `build.rs` gives this crate's tests an rpath to that
 //! libtorch, so nothing needs `LD_LIBRARY_PATH`.
 
+pub mod dataset;
 pub mod net;
 pub mod runtime;
 pub mod tensors;
+pub mod train;
 
 pub mod gbdt;
 pub mod metrics;
