@@ -20,6 +20,11 @@
 //!   by time.
 //! - [`train`]: one replay, then the GNN (early stopped on validation PR-AUC) and the GBDT,
 //!   and their decision thresholds.
+//! - [`artifact`]: the model artifact directory (manifest, safetensors weights, LightGBM
+//!   text), saved atomically and refused on load when it does not fit this build; scoring
+//!   helpers for both models.
+//! - [`eval`]: both models on the held-out test period, overall and per typology, with a
+//!   Markdown report and plots.
 //!
 //! Building: `.cargo/config.toml` points `LIBTORCH` and `CMAKE` into the repo's `.venv`
 //! (made by `deploy/setup.sh`), and `build.rs` gives this crate's tests an rpath to that
@@ -34,3 +39,6 @@ pub mod train;
 pub mod gbdt;
 pub mod metrics;
 pub mod plots;
+
+pub mod artifact;
+pub mod eval;

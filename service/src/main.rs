@@ -4,6 +4,7 @@
 //! - `doctor`: checks libtorch, CUDA, LightGBM and (optionally) the Kafka broker.
 //! - `simulate`: writes the simulated transaction world to a file or a topic.
 //! - `bench`: the project's own benchmarks (`bench sampler`).
+//! - `eval`: a model artifact on the test period of a labelled stream, GNN vs GBDT.
 //!
 //! Each subcommand lives in its own module under [`commands`]; this file only
 //! parses the command line, sets up logging and dispatches.
@@ -29,6 +30,10 @@ enum Command {
     Simulate(commands::simulate::SimulateArgs),
     /// Benchmarks: `bench sampler` (graph ingest and 3-hop sampling).
     Bench(commands::bench::BenchArgs),
+    /// Train Hybrid-FraudNet and the LightGBM fallback into a model artifact.
+    Train(commands::train::TrainArgs),
+    /// Evaluate a model artifact on the test period of a labelled stream file.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     }
 }

@@ -1,0 +1,149 @@
+//! Evaluation of a saved artifact on a simulated stream: every test-period transaction is
+//! scored by both models, and the report directory holds `metrics.json` (gnn/gbdt →
+//! overall + one entry per typology, each with the headline metrics), `report.md` and the
+//! three PNGs.
+
+mod support;
+
+use std::cell::Cell;
+
+use fraudgraph_models::artifact::Artifact;
+use fraudgraph_models::dataset::{Period, typology_name};
+use fraudgraph_models::eval::{EvalMetrics, evaluate};
+use tch::Device;
+
+use support::{fixture, save_tiny};
+
+const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+#[test]
+fn evaluation_writes_metrics_report_and_plots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save_tiny(&dir);
+    let artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let stream = &fixture().stream;
+    let report_dir = tmp.path().join("reports/eval");
+    let calls = Cell::new(0usize);
+    let report = evaluate(&artifact, stream, &report_dir, &|p| {
+        assert!(p.done <= p.total);
+        calls.set(calls.get() + 1);
+    })
+    .unwrap();
+    assert!(calls.get() >= 1, "progress is reported");
+
+    // Every test-period transaction, none skipped, with its real labels.
+    let times = artifact.manifest.split.times(stream).unwrap();
+    let test: Vec<_> = stream
+        .transactions
+        .iter()
+        .filter(|t| times.period(t.event_time_ms) == Some(Period::Test))
+        .collect();
+    let fraud: Vec<_> = test
+        .iter()
+        .filter(|t| stream.fraud.contains_key(&t.txn_id))
+        .collect();
+    assert_eq!(report.transactions, test.len() as u64);
+    assert_eq!(report.fraud, fraud.len() as u64);
+    assert!(report.fraud > 0, "the test period has fraud");
+    assert_eq!(report.metrics.gnn.overall.positives, report.fraud);
+    assert_eq!(
+        report.metrics.gnn.overall.negatives,
+        report.transactions - report.fraud
+    );
+    assert_eq!(report.test_first_ms, test[0].event_time_ms);
+
+    // metrics.json: exactly gnn and gbdt, overall plus every typology present.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("metrics.json")).unwrap()).unwrap();
+    let top: Vec<&String> = json.as_object().unwrap().keys().collect();
+    assert_eq!(top, ["gbdt", "gnn"]);
+    let mut typologies: Vec<String> = fraud
+        .iter()
+        .map(|t| typology_name(stream.typology(t)))
+        .collect();
+    typologies.sort();
+    typologies.dedup();
+    for model in ["gnn", "gbdt"] {
+        let entries = json[model].as_object().unwrap();
+        let mut keys: Vec<&String> = entries.keys().collect();
+        keys.sort();
+        let mut want: Vec<&String> = typologies.iter().collect();
+        let overall = "overall".to_owned();
+        want.push(&overall);
+        want.sort();
+        assert_eq!(keys, want, "{model}");
+        for (key, m) in entries {
+            for metric in ["pr_auc", "roc_auc", "f1", "recall_at_1pct_fpr"] {
+                let v = &m[metric];
+                assert!(
+                    v.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),
+                    "{model}.{key}.{metric} = {v}"
+                );
+            }
+        }
+        for t in &typologies {
+            assert_eq!(
+                json[model][t]["negatives"], json[model]["overall"]["negatives"],
+                "a typology's negatives are all legitimate test transactions"
+            );
+        }
+    }
+    // metrics.json holds the report's numbers (serde_json parses floats to within an ulp).
+    let parsed: EvalMetrics = serde_json::from_value(json).unwrap();
+    let pairs = [
+        (&parsed.gnn, &report.metrics.gnn),
+        (&parsed.gbdt, &report.metrics.gbdt),
+    ];
+    for (got, want) in pairs {
+        let got = std::iter::once(&got.overall).chain(got.typologies.values());
+        let want = std::iter::once(&want.overall).chain(want.typologies.values());
+        for (g, w) in got.zip(want) {
+            assert_eq!((g.positives, g.negatives), (w.positives, w.negatives));
+            let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-12,
+                (a, b) => a == b,
+            };
+            assert!(close(g.pr_auc, w.pr_auc) && close(g.roc_auc, w.roc_auc));
+            assert!(close(g.f1, w.f1) && close(g.recall_at_1pct_fpr, w.recall_at_1pct_fpr));
+        }
+    }
+
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("| overall |"), "{md}");
+    for t in &typologies {
+        assert!(md.contains(&format!("| {t} |")), "{t} in the table:\n{md}");
+    }
+    assert!(
+        md.contains("PR-AUC GNN") && md.contains("PR-AUC GBDT"),
+        "{md}"
+    );
+    assert!(md.contains(&artifact.manifest.feature_schema_hash), "{md}");
+    assert!(md.contains(" UTC"), "test period dates: {md}");
+
+    for png in ["pr_curves.png", "roc_curves.png", "score_distributions.png"] {
+        let bytes = std::fs::read(report_dir.join(png)).unwrap();
+        assert!(bytes.len() > 1_000, "{png}");
+        assert_eq!(bytes[..8], PNG_MAGIC, "{png}");
+    }
+}
+
+#[test]
+fn a_stream_without_a_test_period_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save_tiny(&dir);
+    let artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    // Only the first day: everything is warm-up.
+    let mut stream = fixture().stream.clone();
+    let first = stream.transactions[0].event_time_ms;
+    stream
+        .transactions
+        .retain(|t| t.event_time_ms < first + 86_400_000);
+    let err = evaluate(&artifact, &stream, &tmp.path().join("r"), &|_| {}).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no transactions in the test period"),
+        "{err}"
+    );
+}
