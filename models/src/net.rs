@@ -20,8 +20,9 @@
 //!    averaged over the message types that reached the node, then
 //!    `x ← LayerNorm(x + Dropout(GELU(Linear(m))))` (`layer<l>/update_<type>`,
 //!    `layer<l>/norm_<type>`).
-//! 3. **Readout**: the target account's embedding concatenated with the per-subgraph mean
-//!    of every node type's embeddings, through `readout`.
+//! 3. **Readout**: the target account's embedding, the embeddings of the transaction's own
+//!    device, IP, merchant and card (zeros when it has none), and the per-subgraph mean of
+//!    every node type's embeddings, through `readout`.
 //! 4. **Temporal attention** (`seq`): each sequence element's features plus a Time2Vec
 //!    encoding of `log_seconds_before_target` are projected to keys and values; the query
 //!    comes from the graph readout and the transaction embedding; padding is masked, and
@@ -362,7 +363,7 @@ impl HybridFraudNet {
             layers,
             readout: nn::linear(
                 p / "readout",
-                (1 + NODE_TYPES as i64) * h,
+                (2 * NODE_TYPES as i64) * h,
                 h,
                 Default::default(),
             ),
@@ -526,9 +527,19 @@ impl HybridFraudNet {
             x = self.message_passing(layer, &x, &reach, b, train);
         }
 
-        // Readout: the target account, and the mean of each node type per subgraph.
+        // Readout: the target account, the transaction's own other entities, and the mean
+        // of each node type per subgraph.
         let opts = (x[0].kind(), x[0].device());
         let mut parts = vec![x[NodeType::Account.index()].index_select(0, &b.target_account)];
+        for t in &NodeType::ALL[1..] {
+            let (xt, own) = (&x[t.index()], &b.own_rows[t.index()]);
+            parts.push(if xt.size()[0] == 0 {
+                Tensor::zeros([b.size, xt.size()[1]], opts)
+            } else {
+                let mask = own.ge(0).to_kind(opts.0).unsqueeze(1);
+                xt.index_select(0, &own.clamp_min(0)) * mask
+            });
+        }
         for (xt, graph) in x.iter().zip(&b.node_graph) {
             let h = xt.size()[1];
             let sum = Tensor::zeros([b.size, h], opts).index_add(0, graph, xt);

@@ -6,7 +6,7 @@
 //! layout (node types, relations, feature widths) is the sampler's, see
 //! `fraudgraph_sampler::features`.
 
-use fraudgraph_sampler::batch::Batch;
+use fraudgraph_sampler::batch::{Batch, NO_ROW};
 use fraudgraph_sampler::features::{self, EDGE_FEATURES, SEQ_FEATURES, TXN_FEATURES};
 use fraudgraph_sampler::{NodeType, Relation};
 use tch::{Device, Kind, Tensor};
@@ -36,6 +36,9 @@ pub struct BatchTensors {
     pub edge_features: [Tensor; RELATIONS],
     /// `[B]` the stacked account row of each subgraph's transaction.
     pub target_account: Tensor,
+    /// Per node type: `[B]` the stacked row of each transaction's own entity of that
+    /// type, `-1` when it has none.
+    pub own_rows: [Tensor; NODE_TYPES],
     /// `[B, TXN_FEATURES.len()]` features of the scored transactions.
     pub txn_features: Tensor,
     /// `[B, L, SEQ_FEATURES.len()]` recent transactions of each target account,
@@ -147,6 +150,21 @@ impl BatchTensors {
             batch.target_account.iter().copied().max(),
             rows[NodeType::Account.index()],
         )?;
+        let mut own_rows: Vec<Vec<i64>> = Vec::with_capacity(NODE_TYPES);
+        for t in NodeType::ALL {
+            let own = &batch.own_rows[t.index()];
+            shape(format!("own_rows[{t:?}]"), b, own.len())?;
+            index_range(
+                format!("own_rows[{t:?}]"),
+                own.iter().copied().filter(|r| *r != NO_ROW).max(),
+                rows[t.index()],
+            )?;
+            own_rows.push(
+                own.iter()
+                    .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
+                    .collect(),
+            );
+        }
         shape(
             "txn_features",
             b * TXN_FEATURES.len(),
@@ -187,6 +205,7 @@ impl BatchTensors {
                 )
             }),
             target_account: indices(&batch.target_account, device),
+            own_rows: std::array::from_fn(|i| Tensor::from_slice(&own_rows[i]).to_device(device)),
             txn_features: matrix(&batch.txn_features, b, TXN_FEATURES.len(), device),
             sequence: Tensor::from_slice(&batch.sequence)
                 .view([b as i64, l as i64, sw as i64])
@@ -218,6 +237,7 @@ impl BatchTensors {
             edge_index: std::array::from_fn(|i| self.edge_index[i].shallow_clone()),
             edge_features: std::array::from_fn(|i| self.edge_features[i].to_kind(kind)),
             target_account: self.target_account.shallow_clone(),
+            own_rows: std::array::from_fn(|i| self.own_rows[i].shallow_clone()),
             txn_features: self.txn_features.to_kind(kind),
             sequence: self.sequence.to_kind(kind),
             sequence_len: self.sequence_len.shallow_clone(),

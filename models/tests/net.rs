@@ -7,7 +7,7 @@ use fraudgraph_models::net::{
 };
 use fraudgraph_models::tensors::BatchTensors;
 use fraudgraph_proto::v1::Transaction;
-use fraudgraph_sampler::batch::Batch;
+use fraudgraph_sampler::batch::{Batch, NO_ROW};
 use fraudgraph_sampler::features::{self, EDGE_FEATURES, SEQ_FEATURES, TXN_FEATURES};
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
 use fraudgraph_sampler::sample::{SamplerConfig, sample};
@@ -111,6 +111,16 @@ fn synthetic_batch(b: usize, max_sequence: usize, seed: u64) -> Batch {
             rng.fill(&mut batch.edge_features[r.index()], 4 * EDGE_FEATURES.len());
         }
         batch.target_account.push(offset[0]);
+        for t in NodeType::ALL {
+            // The first row of each type is the transaction's own entity; every
+            // third subgraph has no card.
+            let own = if t == NodeType::Card && g % 3 == 0 {
+                NO_ROW
+            } else {
+                offset[t.index()]
+            };
+            batch.own_rows[t.index()].push(own);
+        }
         rng.fill(&mut batch.txn_features, TXN_FEATURES.len());
         let len = g % (max_sequence + 1);
         let w = SEQ_FEATURES.len();
@@ -160,6 +170,7 @@ fn empty_relations_empty_node_types_and_no_history_are_finite() {
     let card = NodeType::Card.index();
     batch.node_features[card].clear();
     batch.node_graph[card].clear();
+    batch.own_rows[card].iter_mut().for_each(|r| *r = NO_ROW);
     for r in [
         Relation::AccountCard,
         Relation::CardMerchant,

@@ -10,6 +10,9 @@ use crate::features::{self, EDGE_FEATURES, SEQ_FEATURES, TXN_FEATURES};
 use crate::sample::Subgraph;
 use crate::schema::{NodeType, Relation};
 
+/// Marks a missing row in [`Batch::own_rows`].
+pub const NO_ROW: u32 = u32::MAX;
+
 /// Flat arrays of a batch of subgraphs. Node rows of all subgraphs are
 /// stacked per type; edge indices are shifted to the stacked rows.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,6 +29,9 @@ pub struct Batch {
     pub edge_features: [Vec<f32>; 7],
     /// Per subgraph: the stacked row of its transaction's account.
     pub target_account: Vec<u32>,
+    /// Per node type, per subgraph: the stacked row of the transaction's own
+    /// entity of that type ([`Subgraph::own_rows`]), [`NO_ROW`] when it has none.
+    pub own_rows: [Vec<u32>; 5],
     /// Per subgraph: [`TXN_FEATURES`], row-major.
     pub txn_features: Vec<f32>,
     /// Per subgraph: `max_sequence` × [`SEQ_FEATURES`], right-aligned (the
@@ -61,6 +67,9 @@ impl Batch {
             self.edge_features[r.index()].reserve(n * EDGE_FEATURES.len());
         }
         self.target_account.clear();
+        for rows in &mut self.own_rows {
+            rows.clear();
+        }
         self.txn_features.clear();
         self.txn_features
             .reserve(subgraphs.len() * TXN_FEATURES.len());
@@ -88,6 +97,10 @@ impl Batch {
             }
             self.target_account
                 .push(offsets[NodeType::Account.index()] + sub.target_account);
+            for t in NodeType::ALL {
+                let i = t.index();
+                self.own_rows[i].push(sub.own_rows[i].map_or(NO_ROW, |r| offsets[i] + r));
+            }
             self.txn_features.extend_from_slice(&sub.txn_features);
             let keep = sub.sequence_len.min(max_sequence);
             let w = SEQ_FEATURES.len();

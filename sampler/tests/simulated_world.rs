@@ -2,7 +2,7 @@
 //! batch, and the explanation view.
 
 use fraudgraph_proto::v1::Transaction;
-use fraudgraph_sampler::batch::Batch;
+use fraudgraph_sampler::batch::{Batch, NO_ROW};
 use fraudgraph_sampler::features::{self, SEQ_FEATURES};
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
 use fraudgraph_sampler::sample::{SamplerConfig, Subgraph, sample};
@@ -70,6 +70,14 @@ fn replayed_subgraphs_reach_three_hops_and_collate() {
     for (i, sub) in subs.iter().enumerate() {
         let row = batch.target_account[i] as usize;
         assert_eq!(batch.node_graph[NodeType::Account.index()][row], i as u32);
+        for t in NodeType::ALL {
+            // The transaction's own entities point into its own rows.
+            let own = batch.own_rows[t.index()][i];
+            assert_eq!(own == NO_ROW, sub.own_rows[t.index()].is_none(), "{t:?}");
+            if own != NO_ROW {
+                assert_eq!(batch.node_graph[t.index()][own as usize], i as u32);
+            }
+        }
         if sub.sequence_len > 0 {
             // Right-aligned: the newest element is the last slot.
             let end = (i + 1) * 32 * w;
