@@ -20,7 +20,8 @@
 //!    averaged over the message types that reached the node, then
 //!    `x ← LayerNorm(x + Dropout(GELU(Linear(m))))` (`layer<l>/update_<type>`,
 //!    `layer<l>/norm_<type>`).
-//! 3. **Readout**: the target account's embedding, the embeddings of the transaction's own
+//! 3. **Readout**: the target account's encoded input features (a skip past message
+//!    passing) and its final embedding, the embeddings of the transaction's own
 //!    device, IP, merchant and card (zeros when it has none), and the per-subgraph mean of
 //!    every node type's embeddings, through `readout`.
 //! 4. **Temporal attention** (`seq`): each sequence element's features plus a Time2Vec
@@ -363,7 +364,7 @@ impl HybridFraudNet {
             layers,
             readout: nn::linear(
                 p / "readout",
-                (2 * NODE_TYPES as i64) * h,
+                (2 * NODE_TYPES as i64 + 1) * h,
                 h,
                 Default::default(),
             ),
@@ -523,6 +524,10 @@ impl HybridFraudNet {
             .map(|(enc, f)| enc.forward(f))
             .collect();
         let reach = Self::inverse_reach(b, (x[0].kind(), x[0].device()));
+        // The target account's own encoded features, before any message passing: a skip
+        // connection to the readout, so its own statistics are not diluted by 3 rounds of
+        // neighbourhood averaging.
+        let own_account = x[NodeType::Account.index()].index_select(0, &b.target_account);
         for layer in &self.layers {
             x = self.message_passing(layer, &x, &reach, b, train);
         }
@@ -530,7 +535,10 @@ impl HybridFraudNet {
         // Readout: the target account, the transaction's own other entities, and the mean
         // of each node type per subgraph.
         let opts = (x[0].kind(), x[0].device());
-        let mut parts = vec![x[NodeType::Account.index()].index_select(0, &b.target_account)];
+        let mut parts = vec![
+            own_account,
+            x[NodeType::Account.index()].index_select(0, &b.target_account),
+        ];
         for t in &NodeType::ALL[1..] {
             let (xt, own) = (&x[t.index()], &b.own_rows[t.index()]);
             parts.push(if xt.size()[0] == 0 {
