@@ -170,6 +170,17 @@ impl Ranking {
     }
 
     /// Average precision: Σ (Rₖ − Rₖ₋₁)·Pₖ over the groups (step-wise, no interpolation).
+    /// F1 of flagging `score >= threshold` (the last step at or above it).
+    fn f1_at(&self, threshold: f64) -> f64 {
+        let (tp, fp) = self
+            .steps
+            .iter()
+            .take_while(|s| s.threshold >= threshold)
+            .last()
+            .map_or((0, 0), |s| (s.tp, s.fp));
+        f1(tp, fp, self.positives)
+    }
+
     fn average_precision(&self) -> Result<f64, MetricError> {
         self.need_positives()?;
         let p = self.positives as f64;
@@ -242,13 +253,7 @@ pub fn roc_auc<L: Label>(scores: &[f64], labels: &[L]) -> Result<f64, MetricErro
 pub fn f1_at<L: Label>(scores: &[f64], labels: &[L], threshold: f64) -> Result<f64, MetricError> {
     let r = Ranking::new(scores, labels)?;
     r.need_positives()?;
-    let (tp, fp) = r
-        .steps
-        .iter()
-        .take_while(|s| s.threshold >= threshold)
-        .last()
-        .map_or((0, 0), |s| (s.tp, s.fp));
-    Ok(f1(tp, fp, r.positives))
+    Ok(r.f1_at(threshold))
 }
 
 /// The highest recall reachable with a false-positive rate `<= fpr` when flagging by a
@@ -361,15 +366,7 @@ impl Metrics {
         threshold: f64,
     ) -> Result<Metrics, MetricError> {
         let r = Ranking::new(scores, labels)?;
-        let f1 = (r.positives > 0).then(|| {
-            let (tp, fp) = r
-                .steps
-                .iter()
-                .take_while(|s| s.threshold >= threshold)
-                .last()
-                .map_or((0, 0), |s| (s.tp, s.fp));
-            f1(tp, fp, r.positives)
-        });
+        let f1 = (r.positives > 0).then(|| r.f1_at(threshold));
         Ok(Metrics {
             pr_auc: r.average_precision().ok(),
             roc_auc: r.roc_auc().ok(),

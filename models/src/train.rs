@@ -25,8 +25,9 @@ use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::graph::GraphConfig;
 use fraudgraph_sampler::sample::{SamplerConfig, Subgraph};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Reduction, Tensor, nn, nn::OptimizerConfig};
+use tch::{Device, Reduction, Tensor, nn, nn::OptimizerConfig};
 
+use crate::artifact;
 use crate::dataset::{self, Example, LabelledStream, Period, ReplayProgress, Split, SplitTimes};
 use crate::gbdt::{Gbdt, GbdtError, GbdtParams, tabular_features, tabular_width};
 use crate::metrics::{self, MetricError, Metrics};
@@ -120,6 +121,9 @@ pub enum TrainError {
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Scoring through the artifact's path failed.
+    #[error(transparent)]
+    Artifact(#[from] artifact::ArtifactError),
 }
 
 /// What training reports while it runs.
@@ -238,25 +242,22 @@ impl Rng {
     }
 }
 
-/// Scores subgraphs with the network in batches of `batch_size`, no grad.
-pub fn score_subgraphs(
+/// GNN scores of `subs`, `batch_size` at a time through [`artifact::score_gnn`], as f64
+/// for the metrics.
+fn score_subgraphs(
     net: &HybridFraudNet,
     subs: &[Subgraph],
     batch_size: usize,
     max_sequence: usize,
     batch: &mut Batch,
-) -> Result<Vec<f64>, NetError> {
+) -> Result<Vec<f64>, TrainError> {
     let mut out = Vec::with_capacity(subs.len());
     for chunk in subs.chunks(batch_size.max(1)) {
-        batch.collate(chunk, max_sequence);
-        let t = tensors::from_batch(batch, net.device())?;
-        let p = net
-            .predict(&t)?
-            .to_kind(Kind::Double)
-            .to_device(Device::Cpu);
-        let v: Vec<f64> =
-            Vec::try_from(&p).map_err(|e: tch::TchError| NetError::Torch(e.to_string()))?;
-        out.extend(v);
+        out.extend(
+            artifact::score_gnn(net, chunk, max_sequence, batch)?
+                .into_iter()
+                .map(f64::from),
+        );
     }
     Ok(out)
 }

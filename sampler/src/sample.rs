@@ -177,11 +177,7 @@ impl Builder<'_> {
                     for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
                         // Lists are ordered by last sighting: only the tail
                         // seen at or after t needs a closer look.
-                        let settled = if quiet {
-                            list.len()
-                        } else {
-                            list.partition_point(|e| e.last_s < t_s)
-                        };
+                        let settled = settled_len(list, quiet, t_s);
                         *d = settled
                             + list[settled..]
                                 .iter()
@@ -356,6 +352,17 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     b.sub
 }
 
+/// How many edges at the front of `list` (ordered by last sighting) were last
+/// seen before `t_s`, so are visible with their full statistics: all of them
+/// when the node has been `quiet` since `t_s`.
+fn settled_len(list: &[crate::graph::Edge], quiet: bool, t_s: u32) -> usize {
+    if quiet {
+        list.len()
+    } else {
+        list.partition_point(|e| e.last_s < t_s)
+    }
+}
+
 /// Appends the edges of `node` (of type `t`) visible as of `t_s` to `out`.
 /// With `keep = Some(k)` (most-recent sampling) only edges that can be among
 /// the `k` most recent of the node: per relation side, the last `k` settled
@@ -370,11 +377,7 @@ fn visible_edges(
 ) {
     let quiet = node.quiet_since(t_s);
     for (&(relation, side), list) in ports(t).iter().zip(node.ports.iter()) {
-        let settled = if quiet {
-            list.len()
-        } else {
-            list.partition_point(|e| e.last_s < t_s)
-        };
+        let settled = settled_len(list, quiet, t_s);
         out.extend(
             list[settled..]
                 .iter()

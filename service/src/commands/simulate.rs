@@ -115,14 +115,7 @@ impl Sink {
 }
 
 fn load_config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-        }
-        None => SimConfig::default(),
-    };
+    let mut config: SimConfig = super::read_json(args.config.as_deref(), "simulator config")?;
     config.transactions = args.transactions;
     config.seed = args.seed;
     if let Some(rate) = args.fraud_rate {

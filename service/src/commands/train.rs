@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::device::DeviceChoice;
+use super::read_json;
 
 /// Arguments of `fraudgraph train`.
 #[derive(Args)]
@@ -61,14 +62,7 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 /// Runs the subcommand.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut config: TrainConfig = match &args.config {
-        Some(path) => serde_json::from_str(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
-        )
-        .with_context(|| format!("{}: not a valid train config", path.display()))?,
-        None => TrainConfig::default(),
-    };
+    let mut config: TrainConfig = read_json(args.config.as_deref(), "train config")?;
     if let Some(e) = args.epochs {
         config.epochs = e;
     }
@@ -81,14 +75,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             json!({ "file": path.display().to_string() }),
         ),
         (None, Some(n)) => {
-            let mut sim: SimConfig = match &args.sim_config {
-                Some(path) => serde_json::from_str(
-                    &std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                )
-                .with_context(|| format!("{}: not a valid simulator config", path.display()))?,
-                None => SimConfig::default(),
-            };
+            let mut sim: SimConfig = read_json(args.sim_config.as_deref(), "simulator config")?;
             sim.transactions = n;
             sim.seed = args.sim_seed;
             tracing::info!(transactions = n, seed = args.sim_seed, "simulating");
