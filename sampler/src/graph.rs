@@ -405,6 +405,8 @@ pub(crate) struct Dedupe {
     /// (event time, id) in arrival order, for expiry.
     pub(crate) order: VecDeque<(i64, u128)>,
     pub(crate) watermark_ms: i64,
+    /// Transactions applied since the graph was created (snapshots keep it).
+    pub(crate) applied: u64,
 }
 
 /// What one [`Graph::evict_idle`] pass removed.
@@ -429,6 +431,9 @@ pub struct GraphStats {
     pub node_bytes: u64,
     /// Newest applied event time, Unix ms.
     pub watermark_ms: i64,
+    /// Transactions applied since the graph was created, across snapshot restores (each
+    /// txn_id once: duplicates and too-late events are not counted).
+    pub transactions: u64,
 }
 
 /// The live graph. Share it behind an `Arc`; see the module docs for who
@@ -676,6 +681,7 @@ impl Graph {
                 return ApplyOutcome::TooLate;
             }
             d.seen.insert(id);
+            d.applied += 1;
             d.order.push_back((txn.event_time_ms, id));
             d.watermark_ms = d.watermark_ms.max(txn.event_time_ms);
             let horizon =
@@ -758,9 +764,13 @@ impl Graph {
     /// Node and edge counts and memory, walking every shard (one read lock at
     /// a time).
     pub fn stats(&self) -> GraphStats {
-        let mut s = GraphStats {
-            watermark_ms: self.dedupe.lock().watermark_ms,
-            ..GraphStats::default()
+        let mut s = {
+            let d = self.dedupe.lock();
+            GraphStats {
+                watermark_ms: d.watermark_ms,
+                transactions: d.applied,
+                ..GraphStats::default()
+            }
         };
         let mut half_edges = 0u64;
         for t in NodeType::ALL {

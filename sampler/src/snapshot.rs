@@ -35,8 +35,8 @@ const MAGIC: &[u8; 8] = b"FGSNAPv1";
 /// The snapshot format version this build writes and reads. The shard a
 /// node id hashes to is part of the format (slots are restored in place), so
 /// a change of that hash bumps it too. Version 3: adjacency lists ordered by
-/// last sighting.
-pub const FORMAT_VERSION: u32 = 3;
+/// last sighting. Version 4: the count of applied transactions.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Kafka offsets a snapshot reflects: the next offset to consume per
 /// (topic, partition).
@@ -311,6 +311,7 @@ impl Graph {
         {
             let d = self.dedupe.lock();
             e.i64(d.watermark_ms);
+            e.u64(d.applied);
             e.u32(d.order.len() as u32);
             for (t, id) in &d.order {
                 e.i64(*t);
@@ -440,6 +441,7 @@ impl Graph {
                 offsets.insert((topic, partition), d.i64()?);
             }
             let watermark_ms = d.i64()?;
+            let applied = d.u64()?;
             let n = d.len("txn id")?;
             let mut order = VecDeque::with_capacity(n);
             let mut seen = FxHashSet::with_capacity_and_hasher(n, Default::default());
@@ -486,6 +488,7 @@ impl Graph {
                     seen,
                     order,
                     watermark_ms,
+                    applied,
                 }),
             };
             Ok((graph, offsets))
