@@ -246,6 +246,48 @@ impl BatchTensors {
         }
     }
 
+    /// This (host) batch on `device`, for the serving pipeline's staging buffers. On CUDA
+    /// every tensor is first copied into pinned (page-locked) host memory and then sent with
+    /// a non-blocking copy, so the calling thread returns while the transfer runs and the
+    /// copies queue on the device ahead of the next forward pass. On the CPU it is the
+    /// batch itself (tensors shared, nothing copied).
+    pub fn to_device_staged(&self, device: Device) -> Result<BatchTensors, NetError> {
+        let err = |e: tch::TchError| NetError::Torch(format!("staging a batch on {device:?}: {e}"));
+        let stage = |t: &Tensor| -> Result<Tensor, NetError> {
+            if !device.is_cuda() {
+                return Ok(t.shallow_clone());
+            }
+            let pinned = t.f_pin_memory(device).map_err(err)?;
+            pinned
+                .f_to_device_(device, pinned.kind(), true, false)
+                .map_err(err)
+        };
+        let each =
+            |ts: &[Tensor]| -> Result<Vec<Tensor>, NetError> { ts.iter().map(stage).collect() };
+        let arr = |v: Vec<Tensor>| -> [Tensor; NODE_TYPES] {
+            v.try_into()
+                .unwrap_or_else(|_| unreachable!("one tensor per node type"))
+        };
+        let rel = |v: Vec<Tensor>| -> [Tensor; RELATIONS] {
+            v.try_into()
+                .unwrap_or_else(|_| unreachable!("one tensor per relation"))
+        };
+        Ok(BatchTensors {
+            size: self.size,
+            node_features: arr(each(&self.node_features)?),
+            node_graph: arr(each(&self.node_graph)?),
+            edge_index: rel(each(&self.edge_index)?),
+            edge_features: rel(each(&self.edge_features)?),
+            target_account: stage(&self.target_account)?,
+            own_rows: arr(each(&self.own_rows)?),
+            txn_features: stage(&self.txn_features)?,
+            sequence: stage(&self.sequence)?,
+            sequence_len: stage(&self.sequence_len)?,
+            max_sequence: self.max_sequence,
+            device,
+        })
+    }
+
     /// The kind of the float tensors.
     pub fn kind(&self) -> Kind {
         self.txn_features.kind()
