@@ -12,16 +12,21 @@ TANSU_VERSION=0.6.0
 # fonts-dejavu-core: the TrueType font models/src/plots.rs draws text with.
 APT_PACKAGES=(libclang-dev clang pkg-config zlib1g-dev build-essential fonts-dejavu-core)
 PIP_REQUIREMENTS=("torch==${TORCH_VERSION}" "cmake>=${CMAKE_MIN}" numpy "lightgbm==${LIGHTGBM_VERSION}")
+# deploy/check.sh's tools (--deploy-tools-only): Debian packages whose binaries are extracted
+# into the cache (not installed: no services, no clash with another kubectl), and a small venv.
+DEPLOY_DEBS=(kubernetes-client prometheus)
+DEPLOY_PIP_REQUIREMENTS=("kubernetes-validate==1.37.0" "PyYAML==6.0.3")
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${FRAUDGRAPH_CACHE:-$HOME/.cache/fraudgraph}
 CACHED_VENV=$CACHE/venv-torch-$TORCH_VERSION
 TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION
+DEPLOY_TOOLS=$CACHE/deploy-tools
 MARKER_NAME=.fraudgraph-requirements
 
 usage() {
     cat <<EOF
-Usage: deploy/setup.sh [--with-tansu] [--help]
+Usage: deploy/setup.sh [--with-tansu] [--deploy-tools-only] [--help]
 
 Prepares this host for 'cargo build' / 'cargo test' of fraudgraph (run it from anywhere):
   1. Debian packages: ${APT_PACKAGES[*]}
@@ -40,9 +45,17 @@ Prepares this host for 'cargo build' / 'cargo test' of fraudgraph (run it from a
      on 2 cores).
   5. Checks that .venv's torch is ${TORCH_VERSION} and its cmake is >= ${CMAKE_MIN}.
 
+With --deploy-tools-only it does only this instead (what deploy/check.sh needs; no torch):
+  6. \$FRAUDGRAPH_CACHE/deploy-tools (now: ${DEPLOY_TOOLS}):
+     bin/kubectl and bin/promtool, extracted with 'apt-get download' + 'dpkg-deb -x' from
+     Debian's ${DEPLOY_DEBS[*]} packages (nothing is installed, no service starts),
+     and venv/ (Python ${PYTHON_VERSION}) with: ${DEPLOY_PIP_REQUIREMENTS[*]}
+     Both are kept once present (a marker records the pip requirement set).
+
 Options:
-  --with-tansu   also ensure the tansu broker binary (step 4)
-  -h, --help     show this help
+  --with-tansu         also ensure the tansu broker binary (step 4)
+  --deploy-tools-only  only ensure deploy/check.sh's tools (step 6)
+  -h, --help           show this help
 
 Environment:
   FRAUDGRAPH_CACHE   cache directory (default: ~/.cache/fraudgraph)
@@ -56,9 +69,11 @@ die() {
 }
 
 WITH_TANSU=0
+DEPLOY_TOOLS_ONLY=0
 for arg in "$@"; do
     case "$arg" in
         --with-tansu) WITH_TANSU=1 ;;
+        --deploy-tools-only) DEPLOY_TOOLS_ONLY=1 ;;
         -h | --help)
             usage
             exit 0
@@ -212,6 +227,76 @@ ensure_tansu() {
     CHANGED+=("tansu ${TANSU_VERSION} built")
 }
 
+# --- 6. deploy/check.sh's tools -------------------------------------------------------------
+# Downloads the Debian packages named in $@ into the current directory, updating the package
+# lists once when they are missing or stale.
+apt_download() {
+    if apt-get download "$@" >apt-download.log 2>&1; then
+        return
+    fi
+    log "deploy tools: 'apt-get download $*' failed; updating the package lists and retrying"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    apt-get download "$@" >apt-download.log 2>&1 || {
+        cat apt-download.log >&2
+        die "deploy tools: 'apt-get download $*' failed"
+    }
+}
+
+ensure_deploy_tools() {
+    local bin=$DEPLOY_TOOLS/bin venv=$DEPLOY_TOOLS/venv
+    if [[ -x $bin/kubectl && -x $bin/promtool ]]; then
+        log "deploy tools: kubectl and promtool present ($bin; from $(tr '\n' ' ' <"$DEPLOY_TOOLS/debs.txt" 2>/dev/null))"
+    else
+        command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 ||
+            die "deploy tools: need apt-get and dpkg-deb (Debian) to fetch ${DEPLOY_DEBS[*]}; elsewhere set FRAUDGRAPH_KUBECTL and FRAUDGRAPH_PROMTOOL for deploy/check.sh"
+        local tmp
+        tmp=$(mktemp -d)
+        log "deploy tools: fetching ${DEPLOY_DEBS[*]} (Debian packages, extracted into $bin)"
+        (
+            cd "$tmp"
+            apt_download "${DEPLOY_DEBS[@]}"
+            mkdir root
+            for deb in ./*.deb; do dpkg-deb -x "$deb" root; done
+        )
+        mkdir -p "$bin"
+        install -m 0755 "$tmp/root/usr/bin/kubectl" "$bin/kubectl.new"
+        install -m 0755 "$tmp/root/usr/bin/promtool" "$bin/promtool.new"
+        mv -f "$bin/kubectl.new" "$bin/kubectl"
+        mv -f "$bin/promtool.new" "$bin/promtool"
+        (cd "$tmp" && ls ./*.deb | sed 's|^\./||') >"$DEPLOY_TOOLS/debs.txt"
+        rm -rf -- "$tmp"
+        CHANGED+=("deploy tools: $(tr '\n' ' ' <"$DEPLOY_TOOLS/debs.txt")")
+    fi
+
+    local marker=$venv/$MARKER_NAME stamp
+    stamp=$(printf 'python=%s\n' "$PYTHON_VERSION"; printf '%s\n' "${DEPLOY_PIP_REQUIREMENTS[@]}")
+    if venv_python_ok "$venv" && [[ -f $marker ]] && [[ $(cat "$marker") == "$stamp" ]]; then
+        log "deploy tools: venv requirements satisfied ($venv)"
+    else
+        if ! venv_python_ok "$venv"; then
+            local python
+            python=$(find_python)
+            [[ -n $python ]] || die "Python ${PYTHON_VERSION} not found (needed for $venv)"
+            rm -rf -- "$venv"
+            "$python" -m venv "$venv"
+        fi
+        log "deploy tools: installing ${DEPLOY_PIP_REQUIREMENTS[*]} into $venv"
+        rm -f -- "$marker"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q "${DEPLOY_PIP_REQUIREMENTS[@]}" >&2
+        printf '%s\n' "$stamp" >"$marker"
+        CHANGED+=("deploy tools venv: ${DEPLOY_PIP_REQUIREMENTS[*]}")
+    fi
+
+    local kubectl_version promtool_version
+    kubectl_version=$("$bin/kubectl" version --client 2>/dev/null | sed -n 's/.*GitVersion:"\([^"]*\)".*/\1/p')
+    promtool_version=$("$bin/promtool" --version 2>&1 | sed -n '1s/^promtool, version \([^ ]*\).*/\1/p')
+    [[ -n $kubectl_version ]] || die "deploy tools: $bin/kubectl does not run"
+    [[ -n $promtool_version ]] || die "deploy tools: $bin/promtool does not run"
+    "$venv/bin/python" -c 'import kubernetes_validate, yaml' ||
+        die "deploy tools: $venv lacks kubernetes_validate or yaml"
+    log "check: kubectl $kubectl_version, promtool $promtool_version, kubernetes-validate $("$venv/bin/python" -c 'import kubernetes_validate.version as v; print(v.__version__)')"
+}
+
 # --- 5. checks ----------------------------------------------------------------------------
 verify() {
     local py=$REPO_ROOT/.venv/bin/python cmake=$REPO_ROOT/.venv/bin/cmake
@@ -250,6 +335,16 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 log "repo $REPO_ROOT, cache $CACHE"
+if [[ $DEPLOY_TOOLS_ONLY -eq 1 ]]; then
+    ensure_deploy_tools
+    if [[ ${#CHANGED[@]} -eq 0 ]]; then
+        log "done in $((SECONDS - START))s: nothing to change"
+    else
+        log "done in $((SECONDS - START))s; changed:"
+        for item in "${CHANGED[@]}"; do log "  - $item"; done
+    fi
+    exit 0
+fi
 ensure_apt_packages
 VENV=
 ensure_repo_venv

@@ -13,3 +13,5 @@ echo "[test] cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "[test] cargo test" >&2
 cargo test --workspace --all-targets --locked
+echo "[test] deploy/check.sh (Kubernetes manifests, dashboard, alert rules; no container engine)" >&2
+./deploy/check.sh
