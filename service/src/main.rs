@@ -1,6 +1,7 @@
 //! `fraudgraph`: the real-time fraud scoring service and its operational
 //! subcommands.
 //!
+//! - `serve`: the scoring service (gRPC, Kafka, the pipeline, metrics).
 //! - `doctor`: checks libtorch, CUDA, LightGBM and (optionally) the Kafka broker.
 //! - `simulate`: writes the simulated transaction world to a file or a topic.
 //! - `bench`: the project's own benchmarks (`bench sampler`).
@@ -10,7 +11,16 @@
 //! parses the command line, sets up logging and dispatches.
 
 mod commands;
+mod config;
+mod explain;
+mod ingest;
 mod kafka;
+mod labels;
+mod live_graph;
+mod loadgen;
+mod metrics;
+mod pipeline;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve fraud scores over gRPC (the scoring service).
+    Serve(config::ServeArgs),
     /// Check the runtime: libtorch version, CUDA, LightGBM, Kafka.
     Doctor(commands::doctor::DoctorArgs),
     /// Generate the simulated payment stream to a file or a Kafka topic.
@@ -45,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => commands::serve::run(args),
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Bench(args) => commands::bench::run(args),

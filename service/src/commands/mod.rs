@@ -4,6 +4,7 @@ pub mod bench;
 pub mod device;
 pub mod doctor;
 pub mod eval;
+pub mod serve;
 pub mod simulate;
 pub mod train;
 

@@ -1,0 +1,333 @@
+//! `fraudgraph serve` as a gateway sees it: the whole contract over a real gRPC socket,
+//! health and reflection, validation errors naming the field, idempotent apply, the GBDT
+//! answering inside the deadline when the GNN is slow, metrics, graceful shutdown with a
+//! snapshot and a restart from it.
+
+mod serve_support;
+
+use std::time::{Duration, Instant};
+
+use fraudgraph_proto::v1::score_stream_response::Result as StreamResult;
+use fraudgraph_proto::v1::{
+    ExplainRequest, FallbackReason, ModelKind, ScoreBatchRequest, ScoreRequest, Transaction,
+    Typology,
+};
+use serve_support::{Serve, World};
+use tonic::Code;
+
+const SEED: u64 = 3;
+const SIM: u64 = 40_000;
+const WARM: u64 = 30_000;
+
+fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("serve.json");
+    let snapshot = dir.join("graph.snap");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"warm_transactions": {WARM}, "sim_transactions": {SIM}, "sim_seed": {SEED},
+                "snapshot": {{"path": "{}", "interval_s": 0}} {extra} }}"#,
+            snapshot.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn request(t: &Transaction, timeout: Duration) -> tonic::Request<ScoreRequest> {
+    let mut r = tonic::Request::new(ScoreRequest {
+        transaction: Some(t.clone()),
+        apply_to_graph: false,
+    });
+    r.set_timeout(timeout);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_whole_contract_over_a_real_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let world = World::simulate(SIM, SEED);
+    let held_out = &world.transactions[WARM as usize..];
+
+    let mut serve = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    serve.wait_serving(Duration::from_secs(120)).await;
+    let mut client = serve.client();
+
+    // Reflection lists the contract and health.
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let mut r = ServerReflectionClient::new(serve.channel());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = r
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("not a service list: {answer:?}");
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"fraudgraph.v1.FraudScoring"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    }
+
+    // Score: the GNN answers unseen transactions, with a version, a decision and timings.
+    let mut gnn = 0;
+    for t in held_out.iter().take(200) {
+        let r = client
+            .score(request(t, Duration::from_secs(2)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.txn_id, t.txn_id);
+        assert!((0.0..=1.0).contains(&r.score), "{}", r.score);
+        assert_ne!(r.decision, 0);
+        assert!(!r.model_version.is_empty());
+        assert!(r.timings.unwrap().total_us > 0);
+        gnn += usize::from(r.model == ModelKind::Gnn as i32);
+    }
+    assert!(
+        gnn >= 198,
+        "the GNN answered only {gnn} of 200 unhurried requests"
+    );
+
+    // Validation errors name the field.
+    let mut bad = held_out[0].clone();
+    bad.amount_minor = 0;
+    let e = client
+        .score(request(&bad, Duration::from_secs(2)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("transaction.amount_minor"),
+        "{}",
+        e.message()
+    );
+    let e = client
+        .score(ScoreRequest {
+            transaction: None,
+            apply_to_graph: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "transaction: required")
+    );
+
+    // apply_to_graph counts a transaction once, however often it is sent.
+    let before = serve.status().await.graph.unwrap().transactions;
+    assert_eq!(before, WARM);
+    let fresh = &held_out[500];
+    for _ in 0..3 {
+        let mut r = request(fresh, Duration::from_secs(2));
+        r.get_mut().apply_to_graph = true;
+        client.score(r).await.unwrap();
+    }
+    assert_eq!(serve.status().await.graph.unwrap().transactions, WARM + 1);
+
+    // ScoreBatch: in order; one bad item rejects the call naming its index; a size limit.
+    let items: Vec<_> = held_out[10..13]
+        .iter()
+        .map(|t| ScoreRequest {
+            transaction: Some(t.clone()),
+            apply_to_graph: false,
+        })
+        .collect();
+    let r = client
+        .score_batch(ScoreBatchRequest {
+            requests: items.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = r.responses.iter().map(|r| r.txn_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            &held_out[10].txn_id,
+            &held_out[11].txn_id,
+            &held_out[12].txn_id
+        ]
+    );
+    let mut broken = items.clone();
+    broken[1].transaction.as_mut().unwrap().currency = "euro".into();
+    let e = client
+        .score_batch(ScoreBatchRequest { requests: broken })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("requests[1].transaction.currency"),
+        "{}",
+        e.message()
+    );
+    let e = client
+        .score_batch(ScoreBatchRequest {
+            requests: vec![items[0].clone(); 257],
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("at most 256"), "{}", e.message());
+
+    // ScoreStream: every item answered, the bad one with an error item.
+    let mut stream_items = items.clone();
+    stream_items[2].transaction.as_mut().unwrap().mcc = 0;
+    let mut out = client
+        .score_stream(tokio_stream::iter(stream_items))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut scores, mut errors) = (0, Vec::new());
+    while let Some(item) = out.message().await.unwrap() {
+        match item.result.unwrap() {
+            StreamResult::Score(s) => {
+                assert_eq!(s.txn_id, item.txn_id);
+                scores += 1;
+            }
+            StreamResult::Error(e) => errors.push((item.txn_id, e.field)),
+        }
+    }
+    assert_eq!(scores, 2);
+    assert_eq!(
+        errors,
+        [(held_out[12].txn_id.clone(), "transaction.mcc".to_owned())]
+    );
+
+    // Explain a ring transaction: evidence paths from the account, the subgraph, DOT.
+    let ring = world.fraud_of(Typology::Ring);
+    let target = held_out
+        .iter()
+        .find(|t| ring.contains(&t.txn_id))
+        .expect("a ring transaction in the held-out period");
+    let e = client
+        .explain(ExplainRequest {
+            transaction: Some(target.clone()),
+            max_paths: 3,
+            include_dot: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.score.unwrap().txn_id, target.txn_id);
+    let sub = e.subgraph.unwrap();
+    assert!(sub.accounts >= 1 && sub.edges >= 1, "{sub:?}");
+    assert!(!e.paths.is_empty() && e.paths.len() <= 3);
+    for p in &e.paths {
+        assert_eq!(p.nodes[0].entity_id, target.account_id);
+        assert_eq!(p.relations.len(), p.nodes.len() - 1);
+    }
+    assert!(
+        e.dot.starts_with("digraph"),
+        "{}",
+        &e.dot[..e.dot.len().min(40)]
+    );
+    let e = client
+        .explain(ExplainRequest {
+            transaction: Some(target.clone()),
+            max_paths: 51,
+            include_dot: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("max_paths"), "{}", e.message());
+
+    // Status and metrics.
+    let status = serve.status().await;
+    assert!(status.ready);
+    assert!(!status.kafka.unwrap().enabled);
+    assert_eq!(status.device, "cpu");
+    assert!(
+        status.models.iter().all(|m| m.loaded),
+        "{:?}",
+        status.models
+    );
+    let metrics = serve.scrape().await;
+    for series in [
+        "fraudgraph_scores_total{model=\"gnn\",reason=\"none\"}",
+        "fraudgraph_rpc_duration_seconds_bucket{rpc=\"Score\"",
+        "fraudgraph_rpc_invalid_total{rpc=\"ScoreBatch\"} 2",
+        "fraudgraph_stage_duration_seconds_count{stage=\"inference\"}",
+        "fraudgraph_batch_size_count",
+        "fraudgraph_ready 1",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains(&target.account_id),
+        "no identifiers in metrics"
+    );
+
+    // Graceful shutdown writes the snapshot; a restart serves from it without warm-up.
+    let status = serve.terminate();
+    assert!(status.success(), "exit {status}:\n{}", serve.log());
+    let log = serve.log();
+    assert!(log.contains("graph snapshot written"), "{log}");
+    assert!(!log.contains(&target.account_id), "no identifiers in logs");
+    let mut again = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    again.wait_serving(Duration::from_secs(60)).await;
+    assert_eq!(again.status().await.graph.unwrap().transactions, WARM + 1);
+    assert!(again.log().contains("graph restored from snapshot"));
+    assert!(again.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gnn_is_answered_by_the_gbdt_inside_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), r#", "pipeline": {"inference_delay_ms": 300}"#);
+    let world = World::simulate(SIM, SEED);
+    let mut serve = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    serve.wait_serving(Duration::from_secs(120)).await;
+
+    let deadline = Duration::from_millis(50);
+    // One connection, established before the clock starts (as a gateway's would be).
+    let mut client = serve.client();
+    client
+        .status(fraudgraph_proto::v1::StatusRequest {})
+        .await
+        .unwrap();
+    // 40 requests at 200 per second, each with its 50 ms budget.
+    let mut calls = Vec::new();
+    for t in world.transactions[WARM as usize..].iter().take(40) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut client = client.clone();
+        let req = request(t, deadline);
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = client.score(req).await;
+            (r, started.elapsed())
+        }));
+    }
+    for call in calls {
+        let (r, took) = call.await.unwrap();
+        // The client enforces the deadline itself: a late answer would be an error here.
+        let r = r
+            .unwrap_or_else(|e| panic!("not answered inside the deadline ({took:?}): {e}"))
+            .into_inner();
+        assert_eq!(r.model, ModelKind::Gbdt as i32);
+        assert_eq!(r.fallback_reason, FallbackReason::Timeout as i32);
+        assert!((0.0..=1.0).contains(&r.score));
+        let server_us = r.timings.unwrap().total_us;
+        assert!(
+            u128::from(server_us) < deadline.as_micros(),
+            "{server_us} µs"
+        );
+    }
+    let metrics = serve.scrape().await;
+    assert!(
+        metrics.contains("fraudgraph_scores_total{model=\"gbdt\",reason=\"timeout\"} 40"),
+        "{metrics}"
+    );
+}
