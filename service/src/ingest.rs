@@ -4,15 +4,17 @@
 //!
 //! # Where consumption starts
 //!
-//! The graph lives in memory, so the consumer never resumes from the group's committed
-//! offsets: a fresh process would skip everything its empty graph never saw. [`Ingest::start`]
-//! takes the offsets of the snapshot the graph was restored from (`resume`); when the group
-//! assigns a partition, the rebalance callback assigns it at that offset, or at the beginning
-//! of the partition when the snapshot does not know it. After a later rebalance a partition
-//! continues where this process stopped reading it. The process is still a member of the
-//! consumer group `group_id` (partitions are split between replicas), and it still commits
-//! offsets, so operators see the lag in the standard Kafka tools.
-//!
+//! Every replica keeps the whole graph (docs/SCALING.md), so it reads every partition of
+//! the transactions and labels topics: [`Ingest::start`] assigns them all itself instead of
+//! letting the group coordinator split them between replicas. That also spares a restarted
+//! replica the wait for its dead predecessor's session to expire before a rebalance. The
+//! graph lives in memory, so the consumer never resumes from the group's committed offsets
+//! either (a fresh process would skip everything its empty graph never saw): each partition
+//! starts at the offset recorded in the snapshot the graph was restored from (`resume`), or
+//! at its beginning when the snapshot does not know it. Offsets are still committed under
+//! `group_id`, so operators see the lag in the standard Kafka tools; give each replica its
+//! own `group_id`. Partitions added to a topic later are picked up at the next restart.
+
 //! # Delivery
 //!
 //! At least once: an offset is committed, and reported by [`Ingest::applied_offsets`], only
@@ -47,6 +49,16 @@
 //!   applier's progress every `commit_interval_ms`, and refreshes the lag about every second;
 //! - the applier drains the channel, applies, records its progress per partition, and runs
 //!   [`LiveGraph::maintain`] about once a second.
+//!
+//! # Lag and readiness
+//!
+//! The lag of a partition is its high watermark (the last stable offset) minus the applied
+//! offset. The watermarks are the ones of the last fetch response, which librdkafka reports
+//! in its statistics every second: reading them costs no request and never waits on an
+//! unreachable broker. (Asking with `fetch_watermarks`, a ListOffsets request, is also
+//! wrong against tansu 0.6, which answers with the base offset of the newest batch plus
+//! one.) The lag stops moving while partitions are paused. [`Ingest::caught_up`] turns true
+//! once every assigned partition is applied up to the first high watermark seen for it.
 //!
 //! Broker trouble never panics: it is logged (partition, offset and error kind only; never
 //! an account, card, device or IP id, nor a payload) and retried. Only [`Ingest::start`]
@@ -192,13 +204,12 @@ impl IngestConfig {
 fn check_reachable<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     brokers: &str,
+    timeout: Duration,
 ) -> anyhow::Result<()> {
     client
-        .fetch_metadata(None, CONNECT_TIMEOUT)
+        .fetch_metadata(None, timeout)
         .map(drop)
-        .with_context(|| {
-            format!("Kafka brokers {brokers} did not answer within {CONNECT_TIMEOUT:?}")
-        })
+        .with_context(|| format!("Kafka brokers {brokers} did not answer within {timeout:?}"))
 }
 
 /// The Unix clock in milliseconds (validation refuses event times too far ahead of it).
@@ -305,7 +316,10 @@ impl Progress {
     fn finished(&self, topic: &str, partition: i32, offset: i64) {
         let mut map = self.0.lock();
         let p = entry(&mut map, topic, partition);
-        p.applied_next = Some(p.applied_next.map_or(offset + 1, |a| a.max(offset + 1)));
+        // Records of a partition arrive in order, so this only moves back when the broker
+        // reset the position (a resume offset past the end of a recreated topic): then the
+        // old offset no longer means anything.
+        p.applied_next = Some(offset + 1);
     }
 
     /// The record at `offset` is being dead-lettered: hold its offset until delivery.
@@ -908,7 +922,8 @@ impl Poller {
             }
             self.backpressure(backlog.len());
 
-            let wait = if backlog.is_empty() {
+            // Paused or holding records: come back soon to resume or hand them over.
+            let wait = if backlog.is_empty() && !self.paused {
                 POLL_WAIT
             } else {
                 Duration::from_millis(10)
@@ -928,12 +943,10 @@ impl Poller {
                         backlog.push_back(owned);
                     }
                 }
-                Some(Err(err)) => {
-                    if self.poll_log.allow() {
-                        tracing::warn!("kafka: consumer error: {err}; retrying");
-                    }
+                Some(Err(err)) if self.poll_log.allow() => {
+                    tracing::warn!("kafka: consumer error: {err}; retrying");
                 }
-                None => {}
+                Some(Err(_)) | None => {}
             }
 
             if self
@@ -1133,6 +1146,27 @@ impl Ingest {
         resume: &Offsets,
         on_applied: Option<Sender<Transaction>>,
     ) -> anyhow::Result<Ingest> {
+        Self::start_within(
+            config,
+            live,
+            labels,
+            metrics,
+            resume,
+            on_applied,
+            CONNECT_TIMEOUT,
+        )
+    }
+
+    /// [`Ingest::start`], waiting `connect_timeout` for the brokers.
+    fn start_within(
+        config: &IngestConfig,
+        live: Arc<LiveGraph>,
+        labels: Arc<LabelBook>,
+        metrics: Arc<Metrics>,
+        resume: &Offsets,
+        on_applied: Option<Sender<Transaction>>,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Ingest> {
         config.check()?;
         let brokers = config.brokers.as_str();
         let shared = Arc::new(Shared {
@@ -1151,9 +1185,12 @@ impl Ingest {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("statistics.interval.ms", LAG_EVERY.as_millis().to_string())
+            // The longest a fetch waits for new records: bounds how stale the graph gets, and
+            // how long a resumed partition waits behind a fetch already in flight.
+            .set("fetch.wait.max.ms", "100")
             .create_with_context(ConsumerState::new(Arc::clone(&shared), resume))
             .with_context(|| format!("creating a Kafka consumer for {brokers}"))?;
-        check_reachable(consumer.client(), brokers)?;
+        check_reachable(consumer.client(), brokers, connect_timeout)?;
 
         if config.create_topics {
             let topics = [
@@ -1184,9 +1221,30 @@ impl Ingest {
             })
             .with_context(|| format!("creating the dead-letter producer for {brokers}"))?;
 
+        // Every replica keeps the whole graph, so it reads every partition: assigned here,
+        // not split by the group coordinator (see the module docs).
+        let mut all = TopicPartitionList::new();
+        for topic in [&config.transactions_topic, &config.labels_topic] {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), connect_timeout)
+                .with_context(|| format!("reading the partitions of {topic} at {brokers}"))?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if partitions == 0 {
+                bail!("topic {topic} does not exist at {brokers} (set kafka.create_topics)");
+            }
+            for p in 0..partitions {
+                all.add_partition(topic, p as i32);
+            }
+        }
+        consumer.context().assign(&consumer, &all);
         consumer
-            .subscribe(&[&config.transactions_topic, &config.labels_topic])
-            .context("subscribing to the transactions and labels topics")?;
+            .context()
+            .assignment_changed
+            .store(true, Ordering::Release);
 
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
         let applier = Applier {
@@ -1332,7 +1390,7 @@ impl DecisionProducer {
                 first_error: Mutex::new(None),
             })
             .with_context(|| format!("creating the decisions producer for {brokers}"))?;
-        check_reachable(producer.client(), brokers)?;
+        check_reachable(producer.client(), brokers, CONNECT_TIMEOUT)?;
         Ok(DecisionProducer {
             producer,
             topic: config.decisions_topic.clone(),
@@ -1536,13 +1594,22 @@ mod tests {
         }
 
         fn start(&self, config: &IngestConfig, resume: &Offsets) -> Ingest {
+            self.start_with(config, resume, None)
+        }
+
+        fn start_with(
+            &self,
+            config: &IngestConfig,
+            resume: &Offsets,
+            on_applied: Option<Sender<Transaction>>,
+        ) -> Ingest {
             Ingest::start(
                 config,
                 Arc::clone(&self.live),
                 Arc::clone(&self.labels),
                 Arc::clone(&self.metrics),
                 resume,
-                None,
+                on_applied,
             )
             .expect("ingest starts")
         }
@@ -1709,7 +1776,8 @@ mod tests {
 
         let rig = Rig::new(Graph::new(graph_config()));
         let config = config(brokers, "ingest-malformed");
-        let ingest = rig.start(&config, &Offsets::new());
+        let (applied_tx, applied_rx) = crossbeam_channel::bounded(10_000);
+        let ingest = rig.start_with(&config, &Offsets::new(), Some(applied_tx));
         wait_until("catching up", || ingest.caught_up());
         let before: u64 = records[..half]
             .iter()
@@ -1759,6 +1827,14 @@ mod tests {
             "every valid label reached the book"
         );
         assert_eq!(shape(rig.live.graph()), direct(&txns));
+        let mut handed_on: Vec<String> = applied_rx.try_iter().map(|t| t.txn_id).collect();
+        handed_on.sort();
+        let mut expected: Vec<String> = txns.iter().map(|t| t.txn_id.clone()).collect();
+        expected.sort();
+        assert_eq!(
+            handed_on, expected,
+            "every applied transaction handed on once"
+        );
 
         // Offsets: one past the last record of every partition, and committed to the group.
         assert_eq!(sum(&offsets, topics::TRANSACTIONS), n as i64 + 3);
@@ -1820,7 +1896,7 @@ mod tests {
 
         // Stop part-way through the first two thirds, with records still buffered.
         let mut config = config(brokers, "ingest-resume");
-        config.queue_capacity = 16;
+        config.queue_capacity = 64;
         let rig = Rig::new(Graph::new(graph_config()));
         let ingest = rig.start(&config, &Offsets::new());
         wait_until("a third applied", || rig.applied() >= n / 3);
@@ -1943,19 +2019,26 @@ mod tests {
         let brokers = format!("127.0.0.1:{port}");
         let rig = Rig::new(Graph::new(graph_config()));
         let started = Instant::now();
-        let err = Ingest::start(
+        let err = Ingest::start_within(
             &config(&brokers, "nobody"),
             Arc::clone(&rig.live),
             Arc::clone(&rig.labels),
             Arc::clone(&rig.metrics),
             &Offsets::new(),
             None,
+            Duration::from_secs(1),
         )
         .err()
         .expect("no broker, no start");
         let text = format!("{err:#}");
-        assert!(text.contains(&brokers), "{text}");
-        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(5));
+        assert!(
+            text.contains(&format!("Kafka brokers {brokers} did not answer within 1s")),
+            "{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "fails within its timeout"
+        );
 
         let disabled = IngestConfig::default();
         let err = DecisionProducer::connect(&disabled, Arc::clone(&rig.metrics))

@@ -39,6 +39,8 @@ enum BenchTarget {
     Sampler(SamplerBench),
     /// Open-loop gRPC load against a running `fraudgraph serve`.
     Serve(ServeBench),
+    /// The in-process scoring pipeline at saturation: single vs double buffering.
+    Pipeline(super::bench_pipeline::PipelineBench),
 }
 
 /// Arguments of `fraudgraph bench sampler`.
@@ -141,6 +143,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.target {
         BenchTarget::Sampler(b) => sampler(b),
         BenchTarget::Serve(b) => serve(b),
+        BenchTarget::Pipeline(b) => super::bench_pipeline::run(b),
     }
 }
 

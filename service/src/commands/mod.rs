@@ -1,6 +1,7 @@
 //! The subcommands of the `fraudgraph` binary, one module each.
 
 pub mod bench;
+pub mod bench_pipeline;
 pub mod device;
 pub mod doctor;
 pub mod eval;

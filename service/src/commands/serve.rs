@@ -54,7 +54,7 @@ const EMBEDDED: [(&str, &[u8]); 3] = [
 
 /// Writes the embedded artifact into a directory of its own (named by its content hash, so
 /// concurrent servers agree) and returns it.
-fn embedded_artifact_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn embedded_artifact_dir() -> anyhow::Result<PathBuf> {
     let mut h = Sha256::new();
     for (_, bytes) in EMBEDDED {
         h.update(bytes);
@@ -91,7 +91,7 @@ fn device_name(device: tch::Device) -> String {
 
 /// The artifact's version as answers report it: the fraudgraph version that trained it and
 /// the first 12 hex digits of its weights' SHA-256.
-fn model_version(artifact: &Artifact) -> String {
+pub(crate) fn model_version(artifact: &Artifact) -> String {
     let weights = artifact
         .manifest
         .files
@@ -237,16 +237,23 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         } else {
             (None, None)
         };
-        let ingest = Ingest::start(
-            &config.kafka,
-            live.clone(),
-            labels.clone(),
-            metrics.clone(),
-            &resume,
-            tx,
-        )?;
+        // Connecting waits for the brokers (up to 10 s): a blocking thread, not a worker.
+        let ingest = {
+            let (kafka, live, labels, metrics) = (
+                config.kafka.clone(),
+                live.clone(),
+                labels.clone(),
+                metrics.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                Ingest::start(&kafka, live, labels, metrics, &resume, tx)
+            })
+            .await??
+        };
         if let Some(rx) = rx {
-            let producer = DecisionProducer::connect(&config.kafka, metrics.clone())?;
+            let (kafka, m) = (config.kafka.clone(), metrics.clone());
+            let producer =
+                tokio::task::spawn_blocking(move || DecisionProducer::connect(&kafka, m)).await??;
             decisions_thread = Some(start_decisions(rx, producer, pipeline.clone()));
         }
         *state.ingest.lock() = Some(ingest);
@@ -424,7 +431,7 @@ async fn maintain(
 }
 
 /// Applies the first `warm_transactions` of the configured simulation (and their labels).
-fn warm_from_simulation(
+pub(crate) fn warm_from_simulation(
     config: &ServeConfig,
     live: &LiveGraph,
     labels: &LabelBook,

@@ -46,7 +46,10 @@ impl Serve {
             .arg("serve")
             .args(["--listen", &grpc, "--metrics-listen", &metrics])
             .args(args)
-            .env("FRAUDGRAPH_LOG", "info,rdkafka=warn")
+            .env(
+                "FRAUDGRAPH_LOG",
+                std::env::var("FRAUDGRAPH_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("a log file"))
             .spawn()
