@@ -92,14 +92,6 @@ impl LabelBook {
         self.counts.get(&(t, key.into())).map(|c| *c.lock())
     }
 
-    /// The fraction of the entity's labelled transactions that were fraud; `None` when none
-    /// is labelled.
-    pub fn fraud_rate(&self, t: NodeType, key: &str) -> Option<f32> {
-        self.counts(t, key)
-            .filter(|c| c.labelled > 0)
-            .map(|c| c.fraud as f32 / c.labelled as f32)
-    }
-
     /// Labels credited so far, and labels whose transaction was unknown or already labelled.
     pub fn totals(&self) -> (u64, u64) {
         (
@@ -143,10 +135,11 @@ mod tests {
         );
         assert!(book.record(&label("t2", false)));
         assert!(!book.record(&label("t3", true)), "unknown transaction");
-        assert_eq!(book.fraud_rate(NodeType::Device, "d1"), Some(0.5));
-        assert_eq!(book.fraud_rate(NodeType::Account, "a1"), Some(1.0));
-        assert_eq!(book.fraud_rate(NodeType::Account, "a2"), Some(0.0));
-        assert_eq!(book.fraud_rate(NodeType::Ip, "1.2.3.4"), None);
+        let counts = |t, k| book.counts(t, k).map(|c| (c.labelled, c.fraud));
+        assert_eq!(counts(NodeType::Device, "d1"), Some((2, 1)));
+        assert_eq!(counts(NodeType::Account, "a1"), Some((1, 1)));
+        assert_eq!(counts(NodeType::Account, "a2"), Some((1, 0)));
+        assert_eq!(counts(NodeType::Ip, "1.2.3.4"), None);
         assert_eq!(book.totals(), (2, 2));
     }
 }

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub kafka_paused: IntGauge,
     /// `fraudgraph_decisions_produced_total`: decisions written to the decisions topic.
     pub decisions_produced: IntCounter,
+    /// `fraudgraph_labels{outcome}`: labels credited to their transaction's entities
+    /// (`credited`), or not (`unknown`: the transaction was forgotten or already labelled).
+    pub labels: IntGaugeVec,
     /// `fraudgraph_graph_nodes{type}`: live nodes per node type.
     pub graph_nodes: IntGaugeVec,
     /// `fraudgraph_graph_edges`: distinct live edges.
@@ -188,6 +191,11 @@ impl Metrics {
             decisions_produced: counter(
                 "fraudgraph_decisions_produced_total",
                 "Decisions written to the decisions topic.",
+            ),
+            labels: gauge_vec(
+                "fraudgraph_labels",
+                "Labels credited to their transaction's entities, or unknown.",
+                &["outcome"],
             ),
             graph_nodes: gauge_vec(
                 "fraudgraph_graph_nodes",

@@ -412,6 +412,9 @@ async fn maintain(
             } else {
                 metrics.observe_graph(&live.graph().stats());
             }
+            let (credited, unknown) = state.labels.totals();
+            metrics.labels.with_label_values(&["credited"]).set(credited as i64);
+            metrics.labels.with_label_values(&["unknown"]).set(unknown as i64);
             if let Some(path) = snapshot {
                 // Offsets first: the graph then holds at least what they say, and a replay
                 // from them re-applies the rest idempotently.
@@ -461,7 +464,7 @@ pub(crate) fn warm_from_simulation(
                     labels.remember(&t);
                 }
                 applied += 1;
-                if applied % 50_000 == 0 {
+                if applied.is_multiple_of(50_000) {
                     tracing::info!(applied, "warming");
                 }
             }

@@ -237,11 +237,6 @@ impl Pipeline {
         self.gnn_ready.load(Ordering::Acquire)
     }
 
-    /// The artifact version answers carry.
-    pub fn model_version(&self) -> &str {
-        &self.model_version
-    }
-
     /// The default latency budget of a request without a deadline.
     pub fn default_deadline(&self) -> Duration {
         Duration::from_millis(self.config.default_deadline_ms)
