@@ -113,7 +113,8 @@ pub struct PipelineConfig {
     pub buffers: usize,
     /// The latency budget of a request without a gRPC deadline, milliseconds.
     pub default_deadline_ms: u64,
-    /// Time kept back from the deadline to answer with the GBDT, microseconds: covers
+    /// Time kept back from the deadline to answer with the GBDT, microseconds (or a tenth
+    /// of the request's budget when that is more): covers
     /// tokio's millisecond timer resolution, writing the response and the network, so the
     /// fallback reaches the caller before its own deadline fires.
     pub deadline_margin_us: u64,

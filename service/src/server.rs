@@ -54,7 +54,8 @@ pub struct ServerState {
     pub device: String,
     /// The loaded models.
     pub models: Vec<ModelInfo>,
-    scores: Cache<String, ScoreResponse>,
+    /// Recent answers by txn_id, and whether that call applied the transaction.
+    scores: Cache<String, (ScoreResponse, bool)>,
     explanations: Cache<(String, u32, bool), Arc<ExplainResponse>>,
 }
 
@@ -145,7 +146,13 @@ impl ServerState {
         keep_subgraph: bool,
     ) -> Result<crate::pipeline::Scored, Status> {
         let txn = checked(req.transaction, field)?;
-        if !keep_subgraph && let Some(hit) = self.scores.get(&txn.txn_id).await {
+        // A retry gets the first answer; a retry that now asks to apply (the first call
+        // did not) goes through the pipeline so the transaction is applied.
+        let cached = self.scores.get(&txn.txn_id).await;
+        if !keep_subgraph
+            && let Some((hit, applied)) = cached
+            && (applied || !req.apply_to_graph)
+        {
             return Ok(crate::pipeline::Scored {
                 response: hit,
                 subgraph: None,
@@ -157,7 +164,11 @@ impl ServerState {
             .score(txn, req.apply_to_graph, deadline, keep_subgraph)
             .await
             .map_err(status_of)?;
-        self.scores.insert(key, scored.response.clone()).await;
+        if !keep_subgraph {
+            self.scores
+                .insert(key, (scored.response.clone(), req.apply_to_graph))
+                .await;
+        }
         Ok(scored)
     }
 
@@ -381,7 +392,7 @@ impl FraudScoring for ScoringService {
             s.timed("Explain", started);
             return Ok(Response::new((*hit).clone()));
         }
-        let earlier = s.scores.get(&txn.txn_id).await;
+        let earlier = s.scores.get(&txn.txn_id).await.map(|(r, _)| r);
         let scored = s
             .score_one(
                 ScoreRequest {

@@ -255,8 +255,10 @@ impl Pipeline {
     ) -> Result<Scored, ScoreError> {
         let received = Instant::now();
         let txn_id = txn.txn_id.clone();
-        // Answer by the deadline less the margin, unless the margin would eat it all.
-        let margin = Duration::from_micros(self.config.deadline_margin_us);
+        // Answer by the deadline less the margin (the configured one, or a tenth of the
+        // budget when that is more), unless the margin would eat it all.
+        let margin = Duration::from_micros(self.config.deadline_margin_us)
+            .max(deadline.saturating_duration_since(received) / 10);
         let answer_by = deadline
             .checked_sub(margin)
             .filter(|t| *t > received)
