@@ -1,0 +1,84 @@
+//! Criterion benches of Hybrid-FraudNet inference on the CPU with one libtorch thread, on
+//! the committed default artifact and batches of 1, 8 and 64 real sampled subgraphs of a
+//! simulated world:
+//!
+//! - `predict/<B>`: [`HybridFraudNet::predict`], the serving path (the fused forward pass,
+//!   or the reference pass for large CPU batches);
+//! - `fused/<B>`: the fused pass alone (`forward_fused`, no gradients, sigmoid);
+//! - `reference/<B>`: the reference pass alone (`forward_reference`, likewise), the
+//!   forward pass `predict` ran before the fused one existed.
+//!
+//! `cargo bench -p fraudgraph-models --bench forward`. For a clean "before" figure run
+//! `-- reference` on its own: the fused pass raises glibc's malloc trim threshold for the
+//! process (see `keep_freed_memory` in `net.rs`), which would help the reference too.
+//!
+//! [`HybridFraudNet::predict`]: fraudgraph_models::net::HybridFraudNet::predict
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use fraudgraph_models::artifact::Artifact;
+use fraudgraph_models::tensors::BatchTensors;
+use fraudgraph_proto::v1::Transaction;
+use fraudgraph_sampler::Relation;
+use fraudgraph_sampler::batch::Batch;
+use fraudgraph_sampler::graph::Graph;
+use fraudgraph_sampler::sample::sample;
+use fraudgraph_simulator::{SimConfig, Simulation};
+use tch::Device;
+
+fn benches(c: &mut Criterion) {
+    tch::set_num_threads(1);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+    let artifact = Artifact::load(&dir, Device::Cpu).expect("the default artifact loads");
+    let net = &artifact.net;
+    let txns: Vec<Transaction> = Simulation::generate(&SimConfig {
+        transactions: 30_000,
+        days: 20,
+        seed: 5,
+        ..SimConfig::default()
+    })
+    .expect("valid config")
+    .transactions()
+    .collect();
+    // The last 64 of every 7th of the last 448 transactions, sampled as served.
+    let graph = Graph::new(artifact.graph_config());
+    let sampler = artifact.sampler_config();
+    let mut subs = Vec::new();
+    for (i, t) in txns.iter().enumerate() {
+        if i + 64 * 7 >= txns.len() && i % 7 == 0 {
+            subs.push(sample(&graph, t, &sampler));
+        }
+        graph.apply(t);
+    }
+
+    let mut group = c.benchmark_group("forward");
+    for size in [1usize, 8, 64] {
+        let mut batch = Batch::default();
+        batch.collate(&subs[subs.len() - size..], artifact.manifest.max_sequence);
+        let tensors = BatchTensors::from_batch(&batch, Device::Cpu).expect("valid batch");
+        let nodes: i64 = tensors.node_graph.iter().map(|g| g.size()[0]).sum();
+        let edges: i64 = Relation::ALL.iter().map(|r| tensors.edges(*r)).sum();
+        eprintln!("batch of {size}: {nodes} nodes, {edges} edges");
+        group.bench_with_input(BenchmarkId::new("predict", size), &tensors, |b, t| {
+            b.iter(|| black_box(net.predict(t).expect("predicts")))
+        });
+        group.bench_with_input(BenchmarkId::new("fused", size), &tensors, |b, t| {
+            b.iter(|| {
+                let _no_grad = tch::no_grad_guard();
+                black_box(net.forward_fused(t, false).expect("runs").sigmoid())
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("reference", size), &tensors, |b, t| {
+            b.iter(|| {
+                let _no_grad = tch::no_grad_guard();
+                black_box(net.forward_reference(t, false).expect("runs").sigmoid())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(forward, benches);
+criterion_main!(forward);
