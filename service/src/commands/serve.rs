@@ -413,8 +413,14 @@ async fn maintain(
                 metrics.observe_graph(&live.graph().stats());
             }
             let (credited, unknown) = state.labels.totals();
-            metrics.labels.with_label_values(&["credited"]).set(credited as i64);
-            metrics.labels.with_label_values(&["unknown"]).set(unknown as i64);
+            metrics
+                .labels
+                .with_label_values(&["credited"])
+                .set(credited as i64);
+            metrics
+                .labels
+                .with_label_values(&["unknown"])
+                .set(unknown as i64);
             if let Some(path) = snapshot {
                 // Offsets first: the graph then holds at least what they say, and a replay
                 // from them re-applies the rest idempotently.
