@@ -42,7 +42,7 @@ fn benches(c: &mut Criterion) {
     .expect("valid config")
     .transactions()
     .collect();
-    // The last 64 of every 7th of the last 448 transactions, sampled as served.
+    // Every 7th of the last 448 transactions, sampled as served.
     let graph = Graph::new(artifact.graph_config());
     let sampler = artifact.sampler_config();
     let mut subs = Vec::new();
@@ -53,10 +53,20 @@ fn benches(c: &mut Criterion) {
         graph.apply(t);
     }
 
+    // A batch of one is the subgraph of median size; larger batches are the last ones.
+    let mut by_size: Vec<usize> = (0..subs.len()).collect();
+    by_size.sort_by_key(|&i| subs[i].edge_count());
+    let median = subs[by_size[by_size.len() / 2]].clone();
+
     let mut group = c.benchmark_group("forward");
     for size in [1usize, 8, 64] {
         let mut batch = Batch::default();
-        batch.collate(&subs[subs.len() - size..], artifact.manifest.max_sequence);
+        let chosen = if size == 1 {
+            std::slice::from_ref(&median)
+        } else {
+            &subs[subs.len() - size..]
+        };
+        batch.collate(chosen, artifact.manifest.max_sequence);
         let tensors = BatchTensors::from_batch(&batch, Device::Cpu).expect("valid batch");
         let nodes: i64 = tensors.node_graph.iter().map(|g| g.size()[0]).sum();
         let edges: i64 = Relation::ALL.iter().map(|r| tensors.edges(*r)).sum();

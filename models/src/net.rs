@@ -389,10 +389,10 @@ struct FusedWeights {
     bias: Tensor,
     /// `[layers, message types, hidden]`: the attention vectors, flattened over heads.
     att: Tensor,
-    /// `[layers · 2 · message types · hidden, edge features]`: per layer, the key-term
-    /// rows of every message type's edge projection, then the value-term rows (so a
-    /// relation's forward and reverse rows are adjacent).
-    edge: Tensor,
+    /// Per layer, per key|value term, per relation: `[edge features, direction · hidden]`,
+    /// the transposed key- (or value-) term rows of the relation's forward then reverse
+    /// edge projection.
+    edge: Vec<Tensor>,
 }
 
 /// `t` with dropout `p` when training; `t` itself otherwise.
@@ -1073,11 +1073,10 @@ impl HybridFraudNet {
             if n == 0 {
                 continue;
             }
-            let block = ((l * 2 + part) * Relation::ALL.len() + r.index()) as i64;
-            let weight = fused.edge.narrow(0, block * 2 * h, 2 * h); // [direction · h, ew]
+            let weight = &fused.edge[(l * 2 + part) * Relation::ALL.len() + r.index()];
             let _ = rows
                 .narrow(0, edges.offsets[r.index()], n)
-                .addmm_(&b.edge_features[r.index()], &weight.tr());
+                .addmm_(&b.edge_features[r.index()], weight);
         }
     }
 
@@ -1087,7 +1086,7 @@ impl HybridFraudNet {
         let mut weights: Vec<&Tensor> = Vec::new();
         let mut biases: Vec<&Tensor> = Vec::new();
         let mut att: Vec<&Tensor> = Vec::new();
-        let mut edge: Vec<Tensor> = Vec::new();
+        let mut edge: Vec<&Tensor> = Vec::new();
         let h = self.config.hidden as i64;
         for layer in &self.layers {
             for slots in &self.layout.slots {
@@ -1111,19 +1110,22 @@ impl HybridFraudNet {
                 debug_assert_eq!(m, 2 * mt.relation + usize::from(mt.reverse));
                 att.push(&mt.att);
             }
-            // Key terms of every message type in order, then value terms.
-            for part in 0..2 {
-                for mt in &layer.messages {
-                    edge.push(mt.edge.ws.narrow(0, part * h, h));
-                }
-            }
+            edge.extend(layer.messages.iter().map(|mt| &mt.edge.ws));
         }
+        let layers = self.layers.len() as i64;
         let types = self.layout.ends.len() as i64;
+        let ew = EDGE_FEATURES.len() as i64;
         FusedWeights {
             weight: Tensor::cat(&weights, 0),
             bias: Tensor::cat(&biases, 0),
-            att: Tensor::stack(&att, 0).view([self.layers.len() as i64, types, h]),
-            edge: Tensor::cat(&edge, 0),
+            att: Tensor::stack(&att, 0).view([layers, types, h]),
+            // [layer, relation, direction, key|value, h, ew]
+            //   → [layer, key|value, relation, ew, direction · h]
+            edge: Tensor::cat(&edge, 0)
+                .view([layers, types / 2, 2, 2, h, ew])
+                .permute([0, 3, 1, 5, 2, 4])
+                .reshape([-1, ew, 2 * h])
+                .unbind(0),
         }
     }
 
@@ -1277,11 +1279,13 @@ const CPU_FUSED_MAX_EDGES: i64 = 8_192;
 
 /// Makes glibc's malloc keep the fused pass's short-lived, megabyte-sized tensors for
 /// reuse instead of handing them back to the kernel after every pass and page-faulting
-/// them in again on the next: glibc trims the heap once its free top exceeds twice the
-/// largest block it has returned with `munmap` (up to 32 MiB), so one 16 MiB block,
-/// allocated (never touched) and freed once, raises that to 32 MiB for the process.
-/// Measured on a 2-core VM, a batch of 8 subgraphs went from ~2,000 page faults and 9 ms
-/// to none and 5 ms. Other allocators ignore it; it costs nothing after the first call.
+/// them in again on the next. glibc serves blocks below its mmap threshold from the heap
+/// and trims the heap once its free top exceeds the trim threshold; freeing an mmapped
+/// block of up to 32 MiB raises the first to that size and the second to twice it. So one
+/// 16 MiB block, allocated (never touched) and freed once, sets them to 16 and 32 MiB for
+/// the process, as any large temporary tensor would. Measured on a 2-core VM, a fused
+/// batch of 8 subgraphs went from ~2,000 page faults and 9 ms to none and 5 ms. Other
+/// allocators ignore it; it costs nothing after the first call.
 fn keep_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| drop(Tensor::empty([4 << 20], (Kind::Float, Device::Cpu))));
