@@ -759,6 +759,19 @@ struct CallSpec {
     deadline: Duration,
     apply_to_graph: bool,
     payloads: Arc<[Transaction]>,
+    /// Appended to every txn_id with the lap number, so that no two calls of a run, and no
+    /// two runs against one server, send the same txn_id: the server answers a repeated
+    /// txn_id from its idempotency cache, which would measure the cache, not scoring.
+    run_tag: String,
+}
+
+/// A tag unique to this run of the load generator (clock and process id).
+fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
 }
 
 /// Flattens the client-side timeout and the call's own status into a code name.
@@ -789,9 +802,14 @@ async fn call_once(
     let items = spec.rpc.items();
     let n = spec.payloads.len();
     let first = (i as usize).wrapping_mul(items) % n;
-    let request = |k: usize| ScoreRequest {
-        transaction: Some(spec.payloads[(first + k) % n].clone()),
-        apply_to_graph: spec.apply_to_graph,
+    let request = |k: usize| {
+        let position = (i as usize).wrapping_mul(items).wrapping_add(k);
+        let mut transaction = spec.payloads[(first + k) % n].clone();
+        transaction.txn_id = format!("{}.{}.{}", transaction.txn_id, spec.run_tag, position / n);
+        ScoreRequest {
+            transaction: Some(transaction),
+            apply_to_graph: spec.apply_to_graph,
+        }
     };
     let limit = spec.deadline + CLIENT_GRACE;
     let mut client = FraudScoringClient::new(channel);
@@ -952,6 +970,7 @@ pub async fn run(
             deadline: config.deadline,
             apply_to_graph: config.apply_to_graph,
             payloads,
+            run_tag: run_tag(),
         });
         let channels = targets.scoring.clone();
         let live = live.clone();
@@ -1013,10 +1032,22 @@ mod tests {
         failures: bool,
         calls: AtomicU64,
         answers: AtomicU64,
+        /// Every txn_id received, to catch a generator that repeats one.
+        seen: std::sync::Mutex<std::collections::HashSet<String>>,
+        repeated: AtomicU64,
     }
 
     impl Double {
         fn answer(&self, request: &ScoreRequest) -> ScoreResponse {
+            let txn_id = request.transaction.as_ref().map(|t| t.txn_id.clone());
+            let fresh = self
+                .seen
+                .lock()
+                .expect("seen ids")
+                .insert(txn_id.unwrap_or_default());
+            if !fresh {
+                self.repeated.fetch_add(1, Ordering::Relaxed);
+            }
             let gnn = self
                 .answers
                 .fetch_add(1, Ordering::Relaxed)
@@ -1096,23 +1127,34 @@ mod tests {
 
     /// Serves a [`Double`] and tonic-health on a loopback port.
     async fn serve_double(sleep: Duration, failures: bool) -> (SocketAddr, HealthReporter) {
+        let (addr, reporter, _double) = serve_double_handle(sleep, failures).await;
+        (addr, reporter)
+    }
+
+    /// [`serve_double`], also handing back the double to inspect what it received.
+    async fn serve_double_handle(
+        sleep: Duration,
+        failures: bool,
+    ) -> (SocketAddr, HealthReporter, Arc<Double>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
         let (reporter, health) = tonic_health::server::health_reporter();
-        let double = Double {
+        let double = Arc::new(Double {
             sleep,
             failures,
             calls: AtomicU64::new(0),
             answers: AtomicU64::new(0),
-        };
+            seen: Default::default(),
+            repeated: AtomicU64::new(0),
+        });
         let server = tonic::transport::Server::builder()
             .add_service(health)
-            .add_service(FraudScoringServer::new(double))
+            .add_service(FraudScoringServer::from_arc(double.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(server);
-        (addr, reporter)
+        (addr, reporter, double)
     }
 
     fn config(rate: f64, warmup_ms: u64, duration_ms: u64) -> LoadConfig {
@@ -1348,6 +1390,32 @@ mod tests {
         assert!(s.max_in_flight >= 20, "max in flight {}", s.max_in_flight);
         assert!(s.p50_ms.expect("answers") >= 250.0);
         assert_eq!(s.deadline_misses, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_txn_id_is_sent_twice_across_laps_and_runs() {
+        // 30 payloads, 80 calls a run, two runs: without a per-run, per-lap tag the
+        // server would answer most of them from its idempotency cache.
+        let (addr, _reporter, double) = serve_double_handle(Duration::ZERO, false).await;
+        let targets = Targets::connect(&addr.to_string(), 2)
+            .await
+            .expect("connect");
+        let few: Arc<[Transaction]> = payloads()[..30].to_vec().into();
+        for _ in 0..2 {
+            let s = run(&targets, few.clone(), &config(200.0, 0, 400))
+                .await
+                .expect("run");
+            assert_eq!((s.sent, s.ok), (80, 80));
+        }
+        assert_eq!(double.repeated.load(Ordering::Relaxed), 0);
+        let seen = double.seen.lock().expect("seen ids");
+        assert_eq!(seen.len(), 160);
+        for id in seen.iter() {
+            assert!(
+                id.len() <= fraudgraph_proto::validate::MAX_ID_LEN,
+                "{id} is longer than the contract allows"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
