@@ -146,12 +146,24 @@ impl ServerState {
         keep_subgraph: bool,
     ) -> Result<crate::pipeline::Scored, Status> {
         let txn = checked(req.transaction, field)?;
+        self.score_valid(txn, req.apply_to_graph, deadline, keep_subgraph)
+            .await
+    }
+
+    /// Scores a transaction that [`checked`] accepted.
+    async fn score_valid(
+        &self,
+        txn: Transaction,
+        apply_to_graph: bool,
+        deadline: Instant,
+        keep_subgraph: bool,
+    ) -> Result<crate::pipeline::Scored, Status> {
         // A retry gets the first answer; a retry that now asks to apply (the first call
         // did not) goes through the pipeline so the transaction is applied.
         let cached = self.scores.get(&txn.txn_id).await;
         if !keep_subgraph
             && let Some((hit, applied)) = cached
-            && (applied || !req.apply_to_graph)
+            && (applied || !apply_to_graph)
         {
             return Ok(crate::pipeline::Scored {
                 response: hit,
@@ -161,12 +173,12 @@ impl ServerState {
         let key = txn.txn_id.clone();
         let scored = self
             .pipeline
-            .score(txn, req.apply_to_graph, deadline, keep_subgraph)
+            .score(txn, apply_to_graph, deadline, keep_subgraph)
             .await
             .map_err(status_of)?;
         if !keep_subgraph {
             self.scores
-                .insert(key, (scored.response.clone(), req.apply_to_graph))
+                .insert(key, (scored.response.clone(), apply_to_graph))
                 .await;
         }
         Ok(scored)
@@ -285,19 +297,19 @@ impl FraudScoring for ScoringService {
             )));
         }
         // Validate everything before scoring anything: one bad item rejects the call.
-        for (i, r) in requests.iter().enumerate() {
-            if let Err(e) = checked(r.transaction.clone(), &format!("requests[{i}].transaction")) {
-                s.invalid("ScoreBatch");
-                return Err(e);
+        let mut valid = Vec::with_capacity(requests.len());
+        for (i, r) in requests.into_iter().enumerate() {
+            match checked(r.transaction, &format!("requests[{i}].transaction")) {
+                Ok(txn) => valid.push((txn, r.apply_to_graph)),
+                Err(e) => {
+                    s.invalid("ScoreBatch");
+                    return Err(e);
+                }
             }
         }
-        let futures = requests
+        let futures = valid
             .into_iter()
-            .enumerate()
-            .map(|(i, r)| async move {
-                let field = format!("requests[{i}].transaction");
-                s.score_one(r, &field, deadline, false).await
-            })
+            .map(|(txn, apply)| s.score_valid(txn, apply, deadline, false))
             .collect::<Vec<_>>();
         let mut responses = Vec::with_capacity(futures.len());
         for r in futures_util::future::join_all(futures).await {
