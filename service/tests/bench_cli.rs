@@ -30,6 +30,8 @@ fn bench_sampler_reports_every_figure() {
         "sample_p50_us",
         "sample_p99_us",
         "sample_p99_us_under_ingest",
+        "sample_p99_us_looking_back",
+        "mean_sampled_nodes",
     ] {
         let v = report[key]
             .as_f64()
@@ -37,5 +39,10 @@ fn bench_sampler_reports_every_figure() {
         assert!(v > 0.0, "{key} = {v}");
     }
     assert_eq!(report["transactions"], 5000);
+    // Sampled at the head of the stream (between 3/5 and 4/5 of it), one target
+    // every 20 transactions: all 50 asked for.
+    assert_eq!(report["samples"], 50);
+    assert_eq!(report["samples_looking_back"], 50);
+    assert!(report["samples_under_ingest"].as_u64() >= Some(1), "{report}");
     assert!(report["sample_p50_us"].as_f64() <= report["sample_p99_us"].as_f64());
 }

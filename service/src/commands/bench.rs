@@ -2,9 +2,10 @@
 //! JSON object on stdout so results can be recorded in docs/BENCHMARKS.md
 //! and compared as ratios within one run.
 //!
-//! - `bench sampler`: builds the graph from the simulated world and measures
-//!   ingest rate, memory per edge, and sampling latency alone and while the
-//!   writer ingests concurrently.
+//! - `bench sampler`: streams the simulated world into the graph and measures
+//!   ingest rate, memory per edge, and sampling latency at the head of the
+//!   stream (as serving and training sample), alone and while a writer thread
+//!   ingests concurrently, plus sampling back in time on the finished graph.
 //! - `bench serve`: open-loop gRPC load at a fixed rate against a running
 //!   `fraudgraph serve`, with real simulated transactions as payloads: latency
 //!   from each call's due time and from its send, errors by code, the GNN's
@@ -12,7 +13,6 @@
 //!   The logic is in [`crate::loadgen`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -21,6 +21,7 @@ use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
 use fraudgraph_sampler::sample::{SamplerConfig, Strategy, sample};
 use fraudgraph_simulator::{SimConfig, Simulation};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
@@ -279,12 +280,6 @@ fn sample_latencies(
 }
 
 fn sampler(b: SamplerBench) -> anyhow::Result<()> {
-    let sim = Simulation::generate(&SimConfig {
-        transactions: b.transactions,
-        seed: b.seed,
-        ..SimConfig::default()
-    })?;
-    let txns: Vec<Transaction> = sim.transactions().collect();
     let config = SamplerConfig {
         fanouts: [b.fanouts[0], b.fanouts[1], b.fanouts[2]],
         strategy: if b.weighted {
@@ -294,72 +289,110 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         },
         seed: b.seed,
     };
-    let n = txns.len();
+    eprintln!("bench sampler: simulating {} transactions", b.transactions);
+    let sim = Simulation::generate(&SimConfig {
+        transactions: b.transactions,
+        seed: b.seed,
+        ..SimConfig::default()
+    })?;
+    // The simulation is compact and renders each transaction when asked, so the
+    // stream is never held whole: tens of millions of transactions fit.
+    let n = sim.summary().transactions as usize;
     let split = n * 4 / 5;
+    let live_from = n * 3 / 5;
+    let live_step = ((split - live_from) / b.samples.max(1)).max(1);
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} transactions, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("ingest");
 
-    // 1. Ingest everything on this thread.
-    let graph = Graph::new(GraphConfig::default());
-    let start = Instant::now();
-    for t in &txns {
-        graph.apply(t);
+    // 1. One thread applies the first four fifths, timing apply alone. Between
+    //    three and four fifths, every `live_step`-th transaction is sampled just
+    //    before it is applied: what serving does (score a payment, then apply it)
+    //    and what training's replay does, on a graph at 60-80% of its final size.
+    //    Every `past_step`-th transaction is kept for step 3.
+    let past_step = (split / b.samples.max(1)).max(1);
+    let graph = Arc::new(Graph::new(GraphConfig::default()));
+    let mut stream = sim.transactions();
+    let mut apply_time = Duration::ZERO;
+    let mut live = Vec::with_capacity(b.samples);
+    let mut live_nodes = Vec::with_capacity(b.samples);
+    let mut past_targets = Vec::with_capacity(b.samples + 1);
+    for i in 0..split {
+        let t = stream.next().context("the simulation ended early")?;
+        if i.is_multiple_of(past_step) {
+            past_targets.push(t.clone());
+        }
+        if i >= live_from && (i - live_from).is_multiple_of(live_step) && live.len() < b.samples {
+            let start = Instant::now();
+            let sub = sample(&graph, &t, &config);
+            live.push(start.elapsed().as_secs_f64() * 1e6);
+            live_nodes.push(sub.node_count() as f64);
+        }
+        let start = Instant::now();
+        graph.apply(&t);
+        apply_time += start.elapsed();
+        if i.is_multiple_of(65_536) {
+            bar.set_position(i as u64);
+        }
     }
-    let ingest_s = start.elapsed().as_secs_f64();
+    let ingest_txn_per_s = split as f64 / apply_time.as_secs_f64();
+
+    // 2. A writer thread applies the last fifth while this thread samples
+    //    transactions the writer hands over just before applying them (it never
+    //    waits for the sampler): scoring at the head of a live stream.
+    bar.set_message("ingest + sample");
+    let (handover, arrivals) = crossbeam_channel::bounded::<Transaction>(1);
+    let (busy, concurrent_ingest) = std::thread::scope(|scope| {
+        let writer = {
+            let (graph, bar) = (graph.clone(), bar.clone());
+            scope.spawn(move || {
+                let start = Instant::now();
+                let mut applied = 0usize;
+                for (i, t) in (split..).zip(stream) {
+                    if handover.is_empty() {
+                        // The sampler is free: the next one is this.
+                        let _ = handover.try_send(t.clone());
+                    }
+                    graph.apply(&t);
+                    applied += 1;
+                    if i.is_multiple_of(65_536) {
+                        bar.set_position(i as u64);
+                    }
+                }
+                applied as f64 / start.elapsed().as_secs_f64()
+            })
+        };
+        let mut busy = Vec::new();
+        for t in arrivals.iter() {
+            let start = Instant::now();
+            let _sub = sample(&graph, &t, &config);
+            busy.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        let rate = writer.join().expect("the writer thread does not panic");
+        (busy, rate)
+    });
+    bar.finish_and_clear();
     let stats = graph.stats();
 
-    // 2. Sampling alone: the last transactions, as if scored just after apply.
-    let step = (n / b.samples.max(1)).max(1);
-    let targets: Vec<Transaction> = txns
-        .iter()
-        .step_by(step)
-        .rev()
-        .take(b.samples)
-        .cloned()
-        .collect();
-    let (alone, sampled_nodes) = sample_latencies(&graph, &targets, &config);
-    drop(graph);
+    // 3. Looking back: transactions spread over the first four fifths, each sampled as
+    //    of its own time on the finished graph. Serving and training never do
+    //    this; Explain of an old transaction would. Edges seen since t must be
+    //    rolled back to t, so hubs cost more here.
+    let (past, _) = sample_latencies(&graph, &past_targets, &config);
 
-    // 3. Sampling while the writer ingests the last fifth concurrently.
-    let graph = Arc::new(Graph::new(GraphConfig::default()));
-    for t in &txns[..split] {
-        graph.apply(t);
-    }
-    let tail: Arc<Vec<Transaction>> = Arc::new(txns[split..].to_vec());
-    let busy_targets: Vec<Transaction> = txns[..split]
-        .iter()
-        .rev()
-        .step_by(step.max(1))
-        .take(b.samples)
-        .cloned()
-        .collect();
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (graph, tail, done) = (graph.clone(), tail.clone(), done.clone());
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            for t in tail.iter() {
-                graph.apply(t);
-            }
-            done.store(true, Ordering::Release);
-            tail.len() as f64 / start.elapsed().as_secs_f64()
-        })
+    let sorted = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v
     };
-    let mut busy = Vec::new();
-    while !done.load(Ordering::Acquire) {
-        let (mut lat, _) = sample_latencies(
-            &graph,
-            &busy_targets[..busy_targets.len().min(500)],
-            &config,
-        );
-        busy.append(&mut lat);
-    }
-    let concurrent_ingest = writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
-    busy.sort_by(f64::total_cmp);
-
+    let (live, live_nodes, busy) = (sorted(live), sorted(live_nodes), sorted(busy));
     let report = json!({
         "transactions": n,
-        "ingest_txn_per_s": n as f64 / ingest_s,
+        "ingest_txn_per_s": ingest_txn_per_s,
         "nodes": stats.nodes.iter().sum::<u64>(),
         "edges": stats.edges,
         "bytes_per_edge": stats.edge_bytes as f64 / stats.edges.max(1) as f64,
@@ -367,15 +400,19 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         "bytes_per_node": stats.node_bytes as f64 / stats.nodes.iter().sum::<u64>().max(1) as f64,
         "fanouts": b.fanouts,
         "strategy": if b.weighted { "weighted" } else { "most_recent" },
-        "mean_sampled_nodes": sampled_nodes.iter().sum::<f64>() / sampled_nodes.len().max(1) as f64,
-        "sampled_nodes_p99": percentile(&sampled_nodes, 0.99),
-        "sampled_nodes_max": sampled_nodes.last().copied().unwrap_or(0.0),
-        "sample_p50_us": percentile(&alone, 0.5),
-        "sample_p99_us": percentile(&alone, 0.99),
-        "sample_max_us": alone.last().copied().unwrap_or(0.0),
+        "samples": live.len(),
+        "mean_sampled_nodes": live_nodes.iter().sum::<f64>() / live_nodes.len().max(1) as f64,
+        "sampled_nodes_p99": percentile(&live_nodes, 0.99),
+        "sampled_nodes_max": live_nodes.last().copied().unwrap_or(0.0),
+        "sample_p50_us": percentile(&live, 0.5),
+        "sample_p99_us": percentile(&live, 0.99),
+        "sample_max_us": live.last().copied().unwrap_or(0.0),
         "sample_p99_us_under_ingest": percentile(&busy, 0.99),
         "samples_under_ingest": busy.len(),
         "ingest_txn_per_s_while_sampling": concurrent_ingest,
+        "sample_p50_us_looking_back": percentile(&past, 0.5),
+        "sample_p99_us_looking_back": percentile(&past, 0.99),
+        "samples_looking_back": past.len(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
