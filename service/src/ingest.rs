@@ -40,11 +40,22 @@
 //!   The dead-letter producer retries without a time limit while the broker is unreachable;
 //!   a record the broker refuses for good is logged at error level and let go.
 //!
+//! # Event-time order across partitions
+//!
+//! The graph refuses transactions older than its late window (1 h) behind the newest it has
+//! applied, and a replica replaying a backlog may read one partition far ahead of the others.
+//! So the poller merges the transactions partitions in event-time order before the applier
+//! sees them ([`align`]): it holds polled transactions per partition and hands on the oldest
+//! head, waiting (up to [`ALIGN_WAIT`]) while a partition that has not reached its high
+//! watermark has nothing queued, and holding at most `queue_capacity` ×
+//! [`ALIGN_HOLD_PER_QUEUED`] records. Consuming live, every partition is at its end and
+//! nothing waits. Labels are not merged: their order does not matter.
+//!
 //! # Threads
 //!
 //! Everything runs on two std threads of its own, never on the async runtime:
-//! - the poller owns the consumer: it polls, hands records to the applier through a bounded
-//!   channel of `queue_capacity`, pauses every assigned partition when that channel is 80%
+//! - the poller owns the consumer: it polls, merges the transactions partitions in event-time
+//!   order, hands records to the applier through a bounded channel of `queue_capacity`, pauses every assigned partition when that channel is 80%
 //!   full and resumes them when it is down to 20% (`fraudgraph_kafka_paused`), commits the
 //!   applier's progress every `commit_interval_ms`, and refreshes the lag about every second;
 //! - the applier drains the channel, applies, records its progress per partition, and runs
@@ -90,6 +101,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use serde::{Deserialize, Serialize};
 
+mod align;
+
+use align::Aligner;
+
 use crate::kafka;
 use crate::labels::LabelBook;
 use crate::live_graph::LiveGraph;
@@ -114,6 +129,13 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for dead-letter records still in flight.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
+/// How long the partition merge waits for a partition that is behind but sends nothing
+/// (see [`align`]).
+const ALIGN_WAIT: Duration = Duration::from_secs(2);
+/// Records the partition merge may hold, per record of `queue_capacity`.
+const ALIGN_HOLD_PER_QUEUED: usize = 20;
+/// How often the poller re-reads which partitions are behind.
+const ALIGN_REFRESH: Duration = Duration::from_millis(10);
 /// How long a decision waits for room in the producer's queue before it is refused.
 const DECISION_QUEUE_WAIT: Duration = Duration::from_millis(100);
 
@@ -873,6 +895,15 @@ impl Applier {
     }
 }
 
+/// The assigned transactions partitions, and those of them that may hold records older than
+/// what the partition merge has queued: their next offset is below the high watermark of
+/// the last fetch, or no fetch has reported one yet.
+#[derive(Default)]
+struct AlignView {
+    partitions: Vec<(String, i32)>,
+    behind: Vec<(String, i32)>,
+}
+
 /// The poller thread: owns the consumer.
 struct Poller {
     consumer: BaseConsumer<ConsumerState>,
@@ -893,6 +924,13 @@ struct Poller {
     lag_gauges: Vec<(String, i32)>,
     assigned_once: bool,
     poll_log: Throttle,
+    transactions_topic: String,
+    /// Polled transactions, merged across partitions in event-time order.
+    aligner: Aligner<(String, i32), OwnedMessage>,
+    /// Which transactions partitions are behind, as of `align_view_at`.
+    align_view: AlignView,
+    align_view_at: Option<Instant>,
+    align_log: Throttle,
 }
 
 impl Poller {
@@ -902,6 +940,10 @@ impl Poller {
         let mut last_lag: Option<Instant> = None;
         let mut applier_gone = false;
         while !self.shared.stop.load(Ordering::Acquire) {
+            // Move what the merge releases behind what is already buffered.
+            if !self.paused {
+                self.release_aligned(&mut backlog);
+            }
             // Hand what is buffered here to the applier, in order.
             while let Some(message) = backlog.pop_front() {
                 match self.tx.try_send(message) {
@@ -923,7 +965,7 @@ impl Poller {
             self.backpressure(backlog.len());
 
             // Paused or holding records: come back soon to resume or hand them over.
-            let wait = if backlog.is_empty() && !self.paused {
+            let wait = if backlog.is_empty() && !self.paused && self.aligner.is_empty() {
                 POLL_WAIT
             } else {
                 Duration::from_millis(10)
@@ -933,7 +975,13 @@ impl Poller {
                     let state = self.consumer.context();
                     state.polled(message.topic(), message.partition(), message.offset());
                     let owned = message.detach();
-                    if backlog.is_empty() {
+                    if owned.topic() == self.transactions_topic {
+                        // Undecodable: no event time; it goes out when it heads its queue
+                        // and on to the dead-letter topic.
+                        let time = decode_transaction(&owned).map_or(i64::MIN, |t| t.event_time_ms);
+                        let key = (owned.topic().to_owned(), owned.partition());
+                        self.aligner.push(key, time, owned);
+                    } else if backlog.is_empty() {
                         match self.tx.try_send(owned) {
                             Ok(()) => {}
                             Err(TrySendError::Full(owned)) => backlog.push_back(owned),
@@ -960,6 +1008,7 @@ impl Poller {
                     self.set_paused(true);
                 }
                 last_lag = None;
+                self.align_view_at = None;
             }
             if self
                 .consumer
@@ -979,6 +1028,66 @@ impl Poller {
             }
         }
         self.finish(backlog)
+    }
+
+    /// Moves the transactions the merge releases, in event-time order, to `backlog` (while
+    /// it holds fewer than `capacity`).
+    fn release_aligned(&mut self, backlog: &mut VecDeque<OwnedMessage>) {
+        if self.aligner.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .align_view_at
+            .is_none_or(|at| now.duration_since(at) >= ALIGN_REFRESH)
+        {
+            self.align_view = self.partitions_behind();
+            self.align_view_at = Some(now);
+        }
+        let gave_up = self.aligner.gave_up();
+        let AlignView { partitions, behind } = &self.align_view;
+        while backlog.len() < self.capacity {
+            match self.aligner.pop(partitions, |p| behind.contains(p), now) {
+                Some(message) => backlog.push_back(message),
+                None => break,
+            }
+        }
+        if self.aligner.gave_up() > gave_up && self.align_log.allow() {
+            tracing::info!(
+                held = self.aligner.len(),
+                "kafka: a transactions partition behind its high watermark sent nothing for \
+                 {ALIGN_WAIT:?} (or the merge is full); applying the others without it"
+            );
+        }
+    }
+
+    /// The assigned transactions partitions, and those that may hold records older than
+    /// what is queued.
+    fn partitions_behind(&self) -> AlignView {
+        let state = self.consumer.context();
+        let partitions: Vec<(String, i32)> = state
+            .assigned()
+            .into_iter()
+            .filter(|(topic, _)| *topic == self.transactions_topic)
+            .collect();
+        let positions = state.positions.lock();
+        let watermarks = state.watermarks.lock();
+        let behind = partitions
+            .iter()
+            .filter(|(topic, partition)| {
+                let Some(w) = watermarks.get(topic).and_then(|m| m.get(partition)) else {
+                    return true;
+                };
+                let next = positions
+                    .get(topic)
+                    .and_then(|m| m.get(partition))
+                    .copied()
+                    .unwrap_or(w.low);
+                next < w.high
+            })
+            .cloned()
+            .collect();
+        AlignView { partitions, behind }
     }
 
     /// Pauses every assigned partition when the channel is 80% full, resumes at 20%.
@@ -1101,7 +1210,8 @@ impl Poller {
 
     /// Stops: everything buffered is applied, dead letters flushed, progress committed.
     fn finish(mut self, backlog: VecDeque<OwnedMessage>) -> anyhow::Result<()> {
-        for message in backlog {
+        let held = self.aligner.drain();
+        for message in backlog.into_iter().chain(held) {
             if self.tx.send(message).is_err() {
                 break;
             }
@@ -1279,6 +1389,14 @@ impl Ingest {
             lag_gauges: Vec::new(),
             assigned_once: false,
             poll_log: Throttle::new("consumer warnings"),
+            transactions_topic: config.transactions_topic.clone(),
+            aligner: Aligner::new(
+                config.queue_capacity.saturating_mul(ALIGN_HOLD_PER_QUEUED),
+                ALIGN_WAIT,
+            ),
+            align_view: AlignView::default(),
+            align_view_at: None,
+            align_log: Throttle::new("partition merge notices"),
         };
         let poller = std::thread::Builder::new()
             .name("kafka-poller".into())
@@ -1971,6 +2089,37 @@ mod tests {
         assert_eq!(rig.metrics.graph_transactions.get(), n);
         assert_eq!(shape(rig.live.graph()), shape_once);
         assert_eq!(shape_once, direct(&txns));
+    }
+
+    #[test]
+    fn a_backlog_on_several_partitions_is_applied_in_event_time_order() {
+        let tansu = Tansu::start();
+        let brokers = tansu.brokers.as_str();
+        create_topics(brokers);
+        // 3,000 transactions over the simulated months: about 40 minutes apart, so reading
+        // one partition a few records ahead of another already passes the 1 h late window.
+        let (records, txns) = stream(3_000, 17);
+        let n = txns.len() as u64;
+        produce(brokers, &records);
+        let by_partition = read_topic(brokers, topics::TRANSACTIONS, txns.len())
+            .iter()
+            .fold([0usize; 3], |mut c, m| {
+                c[m.partition() as usize] += 1;
+                c
+            });
+        assert!(by_partition.iter().all(|&c| c > 500), "{by_partition:?}");
+
+        // The production late window; only eviction is kept out of the way.
+        let rig = Rig::new(Graph::new(GraphConfig {
+            late_window_ms: GraphConfig::default().late_window_ms,
+            ..graph_config()
+        }));
+        let ingest = rig.start(&config(brokers, "ingest-backlog"), &Offsets::new());
+        wait_until("catching up", || ingest.caught_up());
+        ingest.shutdown().expect("clean shutdown");
+        assert_eq!(rig.count(topics::TRANSACTIONS, "too_late"), 0);
+        assert_eq!(rig.applied(), n);
+        assert_eq!(shape(rig.live.graph()), direct(&txns));
     }
 
     #[test]
