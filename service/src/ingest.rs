@@ -46,10 +46,12 @@
 //! applied, and a replica replaying a backlog may read one partition far ahead of the others.
 //! So the poller merges the transactions partitions in event-time order before the applier
 //! sees them ([`align`]): it holds polled transactions per partition and hands on the oldest
-//! head, waiting (up to [`ALIGN_WAIT`]) while a partition that has not reached its high
-//! watermark has nothing queued, and holding at most `queue_capacity` ×
-//! [`ALIGN_HOLD_PER_QUEUED`] records. Consuming live, every partition is at its end and
-//! nothing waits. Labels are not merged: their order does not matter.
+//! head, but not while a partition with nothing queued may still send something older than
+//! the graph can take (it has not reached its high watermark, or the head is more than half
+//! the late window past its last event time). A partition that holds the merge back for
+//! [`ALIGN_WAIT`] counts as idle until it sends again; at most `queue_capacity` ×
+//! [`ALIGN_HOLD_PER_QUEUED`] records are held. Labels are not merged: their order does not
+//! matter.
 //!
 //! # Threads
 //!
@@ -129,8 +131,8 @@ const LAG_EVERY: Duration = Duration::from_secs(1);
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for dead-letter records still in flight.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
-/// How long the partition merge waits for a partition that is behind but sends nothing
-/// (see [`align`]).
+/// How long a partition with nothing queued may hold the partition merge back before it
+/// counts as idle (see [`align`]).
 const ALIGN_WAIT: Duration = Duration::from_secs(2);
 /// Records the partition merge may hold, per record of `queue_capacity`.
 const ALIGN_HOLD_PER_QUEUED: usize = 20;
@@ -1357,6 +1359,7 @@ impl Ingest {
             .store(true, Ordering::Release);
 
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity);
+        let late_window_ms = live.graph().config().late_window_ms;
         let applier = Applier {
             rx,
             live,
@@ -1393,6 +1396,7 @@ impl Ingest {
             aligner: Aligner::new(
                 config.queue_capacity.saturating_mul(ALIGN_HOLD_PER_QUEUED),
                 ALIGN_WAIT,
+                late_window_ms / 2,
             ),
             align_view: AlignView::default(),
             align_view_at: None,

@@ -43,6 +43,9 @@ fn bench_sampler_reports_every_figure() {
     // every 20 transactions: all 50 asked for.
     assert_eq!(report["samples"], 50);
     assert_eq!(report["samples_looking_back"], 50);
-    assert!(report["samples_under_ingest"].as_u64() >= Some(1), "{report}");
+    assert!(
+        report["samples_under_ingest"].as_u64() >= Some(1),
+        "{report}"
+    );
     assert!(report["sample_p50_us"].as_f64() <= report["sample_p99_us"].as_f64());
 }
