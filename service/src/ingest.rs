@@ -1057,8 +1057,8 @@ impl Poller {
         if self.aligner.gave_up() > gave_up && self.align_log.allow() {
             tracing::info!(
                 held = self.aligner.len(),
-                "kafka: a transactions partition behind its high watermark sent nothing for \
-                 {ALIGN_WAIT:?} (or the merge is full); applying the others without it"
+                "kafka: a transactions partition with nothing queued held the event-time merge \
+                 back for {ALIGN_WAIT:?} (or the merge is full); applying the others without it"
             );
         }
     }
