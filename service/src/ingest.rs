@@ -1036,6 +1036,7 @@ impl Poller {
     /// it holds fewer than `capacity`).
     fn release_aligned(&mut self, backlog: &mut VecDeque<OwnedMessage>) {
         if self.aligner.is_empty() {
+            self.metrics.kafka_merge_held.set(0);
             return;
         }
         let now = Instant::now();
@@ -1054,7 +1055,12 @@ impl Poller {
                 None => break,
             }
         }
-        if self.aligner.gave_up() > gave_up && self.align_log.allow() {
+        self.metrics
+            .kafka_merge_held
+            .set(self.aligner.len().try_into().unwrap_or(i64::MAX));
+        let gave_up_now = self.aligner.gave_up() - gave_up;
+        self.metrics.kafka_merge_gave_up.inc_by(gave_up_now);
+        if gave_up_now > 0 && self.align_log.allow() {
             tracing::info!(
                 held = self.aligner.len(),
                 "kafka: a transactions partition with nothing queued held the event-time merge \
@@ -1213,6 +1219,7 @@ impl Poller {
     /// Stops: everything buffered is applied, dead letters flushed, progress committed.
     fn finish(mut self, backlog: VecDeque<OwnedMessage>) -> anyhow::Result<()> {
         let held = self.aligner.drain();
+        self.metrics.kafka_merge_held.set(0);
         for message in backlog.into_iter().chain(held) {
             if self.tx.send(message).is_err() {
                 break;
@@ -2124,6 +2131,7 @@ mod tests {
         assert_eq!(rig.count(topics::TRANSACTIONS, "too_late"), 0);
         assert_eq!(rig.applied(), n);
         assert_eq!(shape(rig.live.graph()), direct(&txns));
+        assert_eq!(rig.metrics.kafka_merge_held.get(), 0, "nothing left held");
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub kafka_lag_total: IntGauge,
     /// `fraudgraph_kafka_paused`: 1 while the consumer pauses its partitions for backpressure.
     pub kafka_paused: IntGauge,
+    /// `fraudgraph_kafka_merge_held`: transactions the partition merge holds, waiting for
+    /// older ones from another partition (high only while a backlog is replayed).
+    pub kafka_merge_held: IntGauge,
+    /// `fraudgraph_kafka_merge_gave_up_total`: times the partition merge went on without a
+    /// partition that held it back for 2 s (or with the merge full).
+    pub kafka_merge_gave_up: IntCounter,
     /// `fraudgraph_decisions_produced_total`: decisions written to the decisions topic.
     pub decisions_produced: IntCounter,
     /// `fraudgraph_labels{outcome}`: labels credited to their transaction's entities
@@ -187,6 +193,14 @@ impl Metrics {
             kafka_paused: gauge(
                 "fraudgraph_kafka_paused",
                 "1 while the consumer pauses its partitions because the applier is behind.",
+            ),
+            kafka_merge_held: gauge(
+                "fraudgraph_kafka_merge_held",
+                "Transactions held to merge the partitions in event-time order.",
+            ),
+            kafka_merge_gave_up: counter(
+                "fraudgraph_kafka_merge_gave_up_total",
+                "Times the partition merge went on without a partition that held it back.",
             ),
             decisions_produced: counter(
                 "fraudgraph_decisions_produced_total",
