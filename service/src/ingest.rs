@@ -57,9 +57,10 @@
 //!
 //! Everything runs on two std threads of its own, never on the async runtime:
 //! - the poller owns the consumer: it polls, merges the transactions partitions in event-time
-//!   order, hands records to the applier through a bounded channel of `queue_capacity`, pauses every assigned partition when that channel is 80%
-//!   full and resumes them when it is down to 20% (`fraudgraph_kafka_paused`), commits the
-//!   applier's progress every `commit_interval_ms`, and refreshes the lag about every second;
+//!   order, hands records to the applier through a bounded channel of `queue_capacity`,
+//!   pauses every assigned partition when that channel is 80% full and resumes them when it
+//!   is down to 20% (`fraudgraph_kafka_paused`), commits the applier's progress every
+//!   `commit_interval_ms`, and refreshes the lag about every second;
 //! - the applier drains the channel, applies, records its progress per partition, and runs
 //!   [`LiveGraph::maintain`] about once a second.
 //!
