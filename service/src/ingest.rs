@@ -731,9 +731,43 @@ impl Outcomes {
     }
 }
 
+/// A polled record on its way to the applier. Transactions come decoded: the poller needs
+/// their event time to merge the partitions, and decoding once is enough.
+struct Polled {
+    message: OwnedMessage,
+    transaction: Option<Result<Transaction, Malformed>>,
+}
+
+impl Polled {
+    /// A record of the transactions topic, decoded.
+    fn transaction(message: OwnedMessage) -> Polled {
+        let transaction = Some(decode_transaction(&message));
+        Polled {
+            message,
+            transaction,
+        }
+    }
+
+    /// Any other record, decoded by the applier.
+    fn other(message: OwnedMessage) -> Polled {
+        Polled {
+            message,
+            transaction: None,
+        }
+    }
+
+    /// The event time to merge partitions by; `i64::MIN` (first out) when undecodable.
+    fn event_time_ms(&self) -> i64 {
+        match &self.transaction {
+            Some(Ok(t)) => t.event_time_ms,
+            _ => i64::MIN,
+        }
+    }
+}
+
 /// The applier thread: records from the channel into the graph and the label book.
 struct Applier {
-    rx: Receiver<OwnedMessage>,
+    rx: Receiver<Polled>,
     live: Arc<LiveGraph>,
     labels: Arc<LabelBook>,
     shared: Arc<Shared>,
@@ -752,7 +786,7 @@ impl Applier {
         loop {
             let wait = MAINTAIN_EVERY.saturating_sub(last_maintain.elapsed());
             match self.rx.recv_timeout(wait) {
-                Ok(message) => self.handle(&message),
+                Ok(polled) => self.handle(polled),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -763,7 +797,12 @@ impl Applier {
         }
     }
 
-    fn handle(&mut self, message: &OwnedMessage) {
+    fn handle(&mut self, polled: Polled) {
+        let Polled {
+            message,
+            transaction,
+        } = polled;
+        let message = &message;
         let source = if message.topic() == self.transactions_topic {
             Source::Transactions
         } else if message.topic() == self.labels_topic {
@@ -776,7 +815,9 @@ impl Applier {
             return;
         };
         let result = match source {
-            Source::Transactions => decode_transaction(message).map(|txn| self.apply(&txn)),
+            Source::Transactions => transaction
+                .unwrap_or_else(|| decode_transaction(message))
+                .map(|txn| self.apply(&txn)),
             Source::Labels => decode_label(message).map(|label| {
                 self.labels.record(&label);
                 self.outcomes.label.inc();
@@ -910,7 +951,7 @@ struct AlignView {
 /// The poller thread: owns the consumer.
 struct Poller {
     consumer: BaseConsumer<ConsumerState>,
-    tx: Sender<OwnedMessage>,
+    tx: Sender<Polled>,
     /// The applier thread; taken when it is joined.
     applier: Option<JoinHandle<()>>,
     dead_letters: DeadLetterProducer,
@@ -929,7 +970,7 @@ struct Poller {
     poll_log: Throttle,
     transactions_topic: String,
     /// Polled transactions, merged across partitions in event-time order.
-    aligner: Aligner<(String, i32), OwnedMessage>,
+    aligner: Aligner<(String, i32), Polled>,
     /// Which transactions partitions are behind, as of `align_view_at`.
     align_view: AlignView,
     align_view_at: Option<Instant>,
@@ -938,7 +979,7 @@ struct Poller {
 
 impl Poller {
     fn run(mut self) -> anyhow::Result<()> {
-        let mut backlog: VecDeque<OwnedMessage> = VecDeque::new();
+        let mut backlog: VecDeque<Polled> = VecDeque::new();
         let mut last_commit = Instant::now();
         let mut last_lag: Option<Instant> = None;
         let mut applier_gone = false;
@@ -979,19 +1020,17 @@ impl Poller {
                     state.polled(message.topic(), message.partition(), message.offset());
                     let owned = message.detach();
                     if owned.topic() == self.transactions_topic {
-                        // Undecodable: no event time; it goes out when it heads its queue
-                        // and on to the dead-letter topic.
-                        let time = decode_transaction(&owned).map_or(i64::MIN, |t| t.event_time_ms);
                         let key = (owned.topic().to_owned(), owned.partition());
-                        self.aligner.push(key, time, owned);
+                        let polled = Polled::transaction(owned);
+                        self.aligner.push(key, polled.event_time_ms(), polled);
                     } else if backlog.is_empty() {
-                        match self.tx.try_send(owned) {
+                        match self.tx.try_send(Polled::other(owned)) {
                             Ok(()) => {}
-                            Err(TrySendError::Full(owned)) => backlog.push_back(owned),
+                            Err(TrySendError::Full(polled)) => backlog.push_back(polled),
                             Err(TrySendError::Disconnected(_)) => applier_gone = true,
                         }
                     } else {
-                        backlog.push_back(owned);
+                        backlog.push_back(Polled::other(owned));
                     }
                 }
                 Some(Err(err)) if self.poll_log.allow() => {
@@ -1035,7 +1074,7 @@ impl Poller {
 
     /// Moves the transactions the merge releases, in event-time order, to `backlog` (while
     /// it holds fewer than `capacity`).
-    fn release_aligned(&mut self, backlog: &mut VecDeque<OwnedMessage>) {
+    fn release_aligned(&mut self, backlog: &mut VecDeque<Polled>) {
         if self.aligner.is_empty() {
             self.metrics.kafka_merge_held.set(0);
             return;
@@ -1218,7 +1257,7 @@ impl Poller {
     }
 
     /// Stops: everything buffered is applied, dead letters flushed, progress committed.
-    fn finish(mut self, backlog: VecDeque<OwnedMessage>) -> anyhow::Result<()> {
+    fn finish(mut self, backlog: VecDeque<Polled>) -> anyhow::Result<()> {
         let held = self.aligner.drain();
         self.metrics.kafka_merge_held.set(0);
         for message in backlog.into_iter().chain(held) {
