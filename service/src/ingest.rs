@@ -939,13 +939,13 @@ impl Applier {
     }
 }
 
-/// The assigned transactions partitions, and those of them that may hold records older than
-/// what the partition merge has queued: their next offset is below the high watermark of
-/// the last fetch, or no fetch has reported one yet.
+/// The assigned partitions of the transactions topic, and those of them that may hold
+/// records older than what the partition merge has queued: their next offset is below the
+/// high watermark of the last fetch, or no fetch has reported one yet.
 #[derive(Default)]
 struct AlignView {
-    partitions: Vec<(String, i32)>,
-    behind: Vec<(String, i32)>,
+    partitions: Vec<i32>,
+    behind: Vec<i32>,
 }
 
 /// The poller thread: owns the consumer.
@@ -969,8 +969,9 @@ struct Poller {
     assigned_once: bool,
     poll_log: Throttle,
     transactions_topic: String,
-    /// Polled transactions, merged across partitions in event-time order.
-    aligner: Aligner<(String, i32), Polled>,
+    /// Polled transactions, by partition of the transactions topic, merged in event-time
+    /// order.
+    aligner: Aligner<i32, Polled>,
     /// Which transactions partitions are behind, as of `align_view_at`.
     align_view: AlignView,
     align_view_at: Option<Instant>,
@@ -1020,9 +1021,9 @@ impl Poller {
                     state.polled(message.topic(), message.partition(), message.offset());
                     let owned = message.detach();
                     if owned.topic() == self.transactions_topic {
-                        let key = (owned.topic().to_owned(), owned.partition());
+                        let partition = owned.partition();
                         let polled = Polled::transaction(owned);
-                        self.aligner.push(key, polled.event_time_ms(), polled);
+                        self.aligner.push(partition, polled.event_time_ms(), polled);
                     } else if backlog.is_empty() {
                         match self.tx.try_send(Polled::other(owned)) {
                             Ok(()) => {}
@@ -1113,27 +1114,29 @@ impl Poller {
     /// what is queued.
     fn partitions_behind(&self) -> AlignView {
         let state = self.consumer.context();
-        let partitions: Vec<(String, i32)> = state
+        let topic = self.transactions_topic.as_str();
+        let partitions: Vec<i32> = state
             .assigned()
             .into_iter()
-            .filter(|(topic, _)| *topic == self.transactions_topic)
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p)
             .collect();
         let positions = state.positions.lock();
         let watermarks = state.watermarks.lock();
+        let (positions, watermarks) = (positions.get(topic), watermarks.get(topic));
         let behind = partitions
             .iter()
-            .filter(|(topic, partition)| {
-                let Some(w) = watermarks.get(topic).and_then(|m| m.get(partition)) else {
+            .copied()
+            .filter(|partition| {
+                let Some(w) = watermarks.and_then(|m| m.get(partition)) else {
                     return true;
                 };
                 let next = positions
-                    .get(topic)
                     .and_then(|m| m.get(partition))
                     .copied()
                     .unwrap_or(w.low);
                 next < w.high
             })
-            .cloned()
             .collect();
         AlignView { partitions, behind }
     }
