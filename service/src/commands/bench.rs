@@ -12,7 +12,6 @@
 //!   share of answers, fallbacks, and Health/Check latency under that load.
 //!   The logic is in [`crate::loadgen`].
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -316,7 +315,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     //    and what training's replay does, on a graph at 60-80% of its final size.
     //    Every `past_step`-th transaction is kept for step 3.
     let past_step = (split / b.samples.max(1)).max(1);
-    let graph = Arc::new(Graph::new(GraphConfig::default()));
+    let graph = Graph::new(GraphConfig::default());
     let mut stream = sim.transactions();
     let mut apply_time = Duration::ZERO;
     let mut live = Vec::with_capacity(b.samples);
@@ -348,8 +347,9 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     bar.set_message("ingest + sample");
     let (handover, arrivals) = crossbeam_channel::bounded::<Transaction>(1);
     let (busy, concurrent_ingest) = std::thread::scope(|scope| {
+        let graph = &graph;
         let writer = {
-            let (graph, bar) = (graph.clone(), bar.clone());
+            let bar = bar.clone();
             scope.spawn(move || {
                 let start = Instant::now();
                 let mut applied = 0usize;
@@ -370,7 +370,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         let mut busy = Vec::new();
         for t in arrivals.iter() {
             let start = Instant::now();
-            let _sub = sample(&graph, &t, &config);
+            let _sub = sample(graph, &t, &config);
             busy.push(start.elapsed().as_secs_f64() * 1e6);
         }
         let rate = writer.join().expect("the writer thread does not panic");
