@@ -17,8 +17,9 @@ pub const FEATURE_SCHEMA_VERSION: u32 = 2;
 /// absolute: the exponent from the float's bits, the mantissa reduced to
 /// [√½, √2), and `ln m = 2·atanh((m−1)/(m+1))` by four series terms. Pure
 /// f32 arithmetic, so it gives the same bits everywhere, and several times
-/// cheaper than libm at the thousands of calls a sampled subgraph makes.
-pub fn ln1p(x: f32) -> f32 {
+/// cheaper than libm at the thousands of calls a sampled subgraph makes. A `const fn`, so
+/// [`ln1p_count`]'s table holds exactly its values.
+pub const fn ln1p(x: f32) -> f32 {
     let y = 1.0 + x.max(0.0);
     if !y.is_finite() {
         return y;
@@ -34,6 +35,26 @@ pub fn ln1p(x: f32) -> f32 {
     let z2 = z * z;
     let ln_m = 2.0 * z * (1.0 + z2 * (1.0 / 3.0 + z2 * (0.2 + z2 * (1.0 / 7.0))));
     exponent as f32 * std::f32::consts::LN_2 + ln_m
+}
+
+/// [`ln1p`] of the small counts every node and edge carries (degrees, sightings).
+const LN1P_COUNTS: [f32; 256] = {
+    let mut table = [0.0; 256];
+    let mut n = 0;
+    while n < table.len() {
+        table[n] = ln1p(n as f32);
+        n += 1;
+    }
+    table
+};
+
+/// `ln1p(n as f32)`, the same bits, from a table below 256.
+pub fn ln1p_count(n: u64) -> f32 {
+    if n < LN1P_COUNTS.len() as u64 {
+        LN1P_COUNTS[n as usize]
+    } else {
+        ln1p(n as f32)
+    }
 }
 
 /// Node features every type has, before its per-port degrees.
@@ -156,7 +177,7 @@ pub fn node_features(node: &Node, t_ms: i64, degrees: &[usize], out: &mut Vec<f3
         ln1p((t_ms - node.first_ms).max(0) as f32 / DAY_MS),
         0.0,
     ]);
-    out.extend(degrees.iter().map(|d| ln1p(*d as f32)));
+    out.extend(degrees.iter().map(|&d| ln1p_count(d as u64)));
 }
 
 /// Node features of an entity the graph has not seen before `t`.
@@ -170,7 +191,7 @@ pub fn new_node_features(t: NodeType, out: &mut Vec<f32>) {
 pub fn edge_features(e: &EdgeView, t_s: u32, target_edge: bool, out: &mut Vec<f32>) {
     let days = |s: u32| ln1p(t_s.saturating_sub(s) as f32 / 86_400.0);
     out.extend_from_slice(&[
-        ln1p(e.count as f32),
+        ln1p_count(u64::from(e.count)),
         ln1p((e.amount / e.count.max(1) as f32).max(0.0)),
         days(e.first_s),
         days(e.last_s),
@@ -197,5 +218,12 @@ mod tests {
         }
         assert_eq!(ln1p(0.0), 0.0);
         assert_eq!(ln1p(-5.0), 0.0, "negative inputs clamp to 0");
+    }
+
+    #[test]
+    fn the_count_table_gives_the_same_bits_as_ln1p() {
+        for n in (0..300u64).chain([1 << 20, u64::from(u32::MAX)]) {
+            assert_eq!(ln1p_count(n).to_bits(), ln1p(n as f32).to_bits(), "n = {n}");
+        }
     }
 }

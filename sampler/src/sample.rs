@@ -235,6 +235,11 @@ impl SplitMix {
 
 /// Nodes of a typical subgraph, to size the sampler's scratch maps.
 const EXPECTED_NODES: usize = 512;
+/// Rows per node type and edges per relation of a typical 20/10/5 subgraph at the head of
+/// a stream (~50–70 and ~50–120 on the simulated world), to size its arrays so that they
+/// are not grown row by row.
+const EXPECTED_ROWS: usize = 96;
+const EXPECTED_EDGES: usize = 128;
 
 /// Samples the neighbourhood of `txn` as of its event time. The caller
 /// validates the transaction first.
@@ -248,14 +253,19 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         sub: Subgraph {
             txn_id: txn.txn_id.clone(),
             t_ms,
-            nodes: Default::default(),
-            node_features: Default::default(),
-            edge_index: Default::default(),
-            edge_features: Default::default(),
+            nodes: std::array::from_fn(|_| Vec::with_capacity(EXPECTED_ROWS)),
+            node_features: NodeType::ALL
+                .map(|t| Vec::with_capacity(EXPECTED_ROWS * features::node_width(t))),
+            edge_index: std::array::from_fn(|_| Vec::with_capacity(EXPECTED_EDGES)),
+            edge_features: std::array::from_fn(|_| {
+                Vec::with_capacity(EXPECTED_EDGES * features::EDGE_FEATURES.len())
+            }),
             target_account: 0,
             own_rows: [None; 5],
             txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
-            sequence: Vec::new(),
+            sequence: Vec::with_capacity(
+                graph.config().sequence_len * features::SEQ_FEATURES.len(),
+            ),
             sequence_len: 0,
             hops: 0,
         },
