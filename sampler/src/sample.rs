@@ -19,7 +19,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use fraudgraph_proto::v1::Transaction;
 
 use crate::features::{self, ln1p};
-use crate::graph::{EdgeView, Graph, NodeRef, Side, epoch_secs, ports, txn_hash};
+use crate::graph::{EdgeView, Graph, MAX_PORTS, NodeRef, Side, epoch_secs, ports, txn_hash};
 use crate::schema::{NodeType, Relation, edges_of};
 
 /// How neighbours are chosen when a node has more than the fan-out.
@@ -171,20 +171,28 @@ impl Builder<'_> {
         let new_key = match node {
             Some(n) => {
                 let (t_ms, t_s) = (self.t_ms, self.t_s);
-                let mut degrees = [0usize; 6];
+                let mut degrees = [0usize; MAX_PORTS];
+                let ports = ports(t).len();
                 self.graph.with_node(t, n, |node| {
-                    let quiet = node.quiet_since(t_s);
-                    for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
-                        // Lists are ordered by last sighting: only the tail
-                        // seen at or after t needs a closer look.
-                        let settled = settled_len(list, quiet, t_s);
-                        *d = settled
-                            + list[settled..]
-                                .iter()
-                                .filter(|e| e.as_of(t_s).is_some())
-                                .count();
+                    if node.quiet_since(t_s) {
+                        // Every stored edge is visible: the degrees are the list
+                        // lengths, kept in the node's first cache line.
+                        for (port, d) in degrees[..ports].iter_mut().enumerate() {
+                            *d = node.degree(port);
+                        }
+                    } else {
+                        for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
+                            // Lists are ordered by last sighting: only the tail
+                            // seen at or after t needs a closer look.
+                            let settled = settled_len(list, false, t_s);
+                            *d = settled
+                                + list[settled..]
+                                    .iter()
+                                    .filter(|e| e.as_of(t_s).is_some())
+                                    .count();
+                        }
                     }
-                    features::node_features(node, t_ms, &degrees[..node.ports.len()], out);
+                    features::node_features(node, t_ms, &degrees[..ports], out);
                 });
                 self.by_ref.insert((t, n), r);
                 None

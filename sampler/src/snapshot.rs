@@ -286,15 +286,14 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
             txn_hash: d.u64()?,
         });
     }
-    Ok(Node {
+    Ok(Node::from_parts(
         key,
         first_ms,
-        agg,
-        prev,
+        [agg, prev],
         history,
-        ports: ports.into_boxed_slice(),
+        ports.into_boxed_slice(),
         sequence,
-    })
+    ))
 }
 
 impl Graph {

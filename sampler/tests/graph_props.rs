@@ -1,5 +1,5 @@
 //! Property tests of the live graph: idempotent apply, no dangling or
-//! half-stored edges under the adjacency cap, and edge and aggregate views
+//! half-stored edges under the adjacency cap, degrees that match the lists, and edge and aggregate views
 //! that never show anything at or after the instant asked for.
 
 use std::collections::HashMap;
@@ -24,8 +24,18 @@ fn config(cap: usize) -> GraphConfig {
 /// Every stored edge's neighbour exists and stores the same edge back.
 fn assert_symmetric(g: &Graph, keys: &HashMap<(NodeType, String), NodeRef>) {
     for ((t, _), &node) in keys {
-        let lists: Vec<Vec<_>> = g.with_node(*t, node, |n| n.ports.to_vec());
+        let (lists, degrees): (Vec<Vec<_>>, Vec<usize>) = g.with_node(*t, node, |n| {
+            (
+                n.ports.to_vec(),
+                (0..n.ports.len()).map(|p| n.degree(p)).collect(),
+            )
+        });
         for (port, list) in lists.iter().enumerate() {
+            assert_eq!(
+                degrees[port],
+                list.len(),
+                "a node's degree is its list's length"
+            );
             assert!(
                 list.windows(2).all(|w| w[0].last_s <= w[1].last_s),
                 "adjacency ordered by last sighting"
