@@ -471,6 +471,36 @@ pub struct Evicted {
     pub half_edges: u64,
 }
 
+/// The distinct entities of one transaction and their addresses, in order of first mention,
+/// without allocating.
+#[derive(Default)]
+struct Entities<'a> {
+    found: [Option<(NodeType, &'a str, NodeRef)>; 8],
+    len: usize,
+}
+
+impl<'a> Entities<'a> {
+    /// The address of `(t, key)`, from `intern` the first time it is asked for.
+    fn get_or(
+        &mut self,
+        t: NodeType,
+        key: &'a str,
+        intern: impl FnOnce(NodeType, &str) -> NodeRef,
+    ) -> NodeRef {
+        if let Some((_, _, r)) = self.iter().find(|(ty, k, _)| *ty == t && *k == key) {
+            return r;
+        }
+        let r = intern(t, key);
+        self.found[self.len] = Some((t, key, r));
+        self.len += 1;
+        r
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (NodeType, &'a str, NodeRef)> + '_ {
+        self.found[..self.len].iter().flatten().copied()
+    }
+}
+
 /// Counters a graph exports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GraphStats {
@@ -758,24 +788,20 @@ impl Graph {
         // time e is only ever stored at a node whose `agg.l_ms` is already at
         // least e, which lets samplers skip per-edge checks on nodes that
         // have not changed since the target's time.
-        let mut touched: Vec<(NodeType, NodeRef)> = Vec::with_capacity(6);
-        let mut edges: Vec<(Relation, NodeType, NodeRef, NodeType, NodeRef)> =
-            Vec::with_capacity(7);
-        for (relation, src_key, dst_key) in edges_of(txn) {
+        // The transaction's distinct entities (at most six: account, device, IP, merchant,
+        // card, receiver), each interned once although it ends several edges.
+        let mut touched = Entities::default();
+        let mut edges = [None; 7];
+        for (slot, (relation, src_key, dst_key)) in edges.iter_mut().zip(edges_of(txn)) {
             let (src_t, dst_t) = relation.endpoints();
-            let src = self.intern(src_t, src_key, t);
-            let dst = self.intern(dst_t, dst_key, t);
-            for (ty, r) in [(src_t, src), (dst_t, dst)] {
-                if !touched.contains(&(ty, r)) {
-                    touched.push((ty, r));
-                }
-            }
-            edges.push((relation, src_t, src, dst_t, dst));
+            let src = touched.get_or(src_t, src_key, |ty, key| self.intern(ty, key, t));
+            let dst = touched.get_or(dst_t, dst_key, |ty, key| self.intern(ty, key, t));
+            *slot = Some((relation, src_t, src, dst_t, dst));
         }
-        for &(ty, r) in &touched {
+        for (ty, _, r) in touched.iter() {
             self.update_node(ty, r, t, amount);
         }
-        for (relation, src_t, src, dst_t, dst) in edges {
+        for (relation, src_t, src, dst_t, dst) in edges.into_iter().flatten() {
             let src_port = port_of(src_t, relation, Side::Out);
             let dst_port = port_of(dst_t, relation, Side::In);
             if let Some((gone, last_s)) = self.touch_edge(src_t, src, src_port, dst, t_s, amount) {
@@ -785,11 +811,11 @@ impl Graph {
                 self.remove_edge(src_t, gone, src_port, dst, last_s);
             }
         }
-        if let Some(&(_, account)) = touched.iter().find(|(ty, _)| *ty == NodeType::Account) {
+        if let Some((_, _, account)) = touched.iter().find(|(ty, _, _)| *ty == NodeType::Account) {
             let merchant = touched
                 .iter()
-                .find(|(ty, _)| *ty == NodeType::Merchant)
-                .map(|(_, r)| *r)
+                .find(|(ty, _, _)| *ty == NodeType::Merchant)
+                .map(|(_, _, r)| r)
                 .expect("every transaction has a merchant");
             let item = SeqItem {
                 time_ms: t,
