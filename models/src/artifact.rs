@@ -41,8 +41,10 @@ use crate::net::{HybridFraudNet, NetConfig, NetError};
 use crate::runtime;
 use crate::tensors::BatchTensors;
 
-/// The version of the artifact layout this build writes and reads.
-pub const ARTIFACT_FORMAT_VERSION: u32 = 1;
+/// The version of the artifact layout this build writes and reads. Version 2: the GNN's
+/// readout also reads a transfer's receiver (one more hidden-sized slot), so version-1
+/// weights no longer fit.
+pub const ARTIFACT_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside an artifact directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The GNN weights' file name inside an artifact directory.

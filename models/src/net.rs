@@ -22,8 +22,8 @@
 //!    `layer<l>/norm_<type>`).
 //! 3. **Readout**: the target account's encoded input features (a skip past message
 //!    passing) and its final embedding, the embeddings of the transaction's own
-//!    device, IP, merchant and card (zeros when it has none), and the per-subgraph mean of
-//!    every node type's embeddings, through `readout`.
+//!    device, IP, merchant and card and of a transfer's receiver (zeros when it has none),
+//!    and the per-subgraph mean of every node type's embeddings, through `readout`.
 //! 4. **Temporal attention** (`seq`): each sequence element's features plus a Time2Vec
 //!    encoding of `log_seconds_before_target` are projected to keys and values; the query
 //!    comes from the graph readout and the transaction embedding; padding is masked, and
@@ -47,6 +47,11 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::tensors::{BatchTensors, NODE_TYPES};
+
+/// Hidden-sized vectors the readout concatenates: the target account's skip and final
+/// embedding, the transaction's other own entities (device, IP, merchant, card), a
+/// transfer's receiver, and the mean of every node type.
+const READOUT_SLOTS: i64 = 2 + (NODE_TYPES as i64 - 1) + 1 + NODE_TYPES as i64;
 
 /// Errors of building the model or running it on a batch.
 #[derive(Debug, thiserror::Error)]
@@ -519,12 +524,7 @@ impl HybridFraudNet {
             layout: Layout::new(),
             encoders,
             layers,
-            readout: nn::linear(
-                p / "readout",
-                (2 * NODE_TYPES as i64 + 1) * h,
-                h,
-                Default::default(),
-            ),
+            readout: nn::linear(p / "readout", READOUT_SLOTS * h, h, Default::default()),
             txn: Encoder::new(&(p / "txn"), TXN_FEATURES.len() as i64, h),
             time_w: sp.var(
                 "time_w",
@@ -680,6 +680,10 @@ impl HybridFraudNet {
             float(&b.edge_features[i])?;
         }
         expect("target_account", &b.target_account, &[bs])?;
+        for t in NodeType::ALL {
+            expect(&format!("own_rows[{t:?}]"), &b.own_rows[t.index()], &[bs])?;
+        }
+        expect("counterparty_row", &b.counterparty_row, &[bs])?;
         expect(
             "txn_features",
             &b.txn_features,
@@ -719,13 +723,15 @@ impl HybridFraudNet {
             own_account,
             x[NodeType::Account.index()].index_select(0, &b.target_account),
         ];
-        for t in &NodeType::ALL[1..] {
-            let (xt, own) = (&x[t.index()], &b.own_rows[t.index()]);
+        let own_rows = b.own_rows[1..].iter().map(|own| (own, own.size()[0]));
+        let types = NodeType::ALL[1..].iter().chain([&NodeType::Account]);
+        for (t, own) in types.zip(own_rows.chain([(&b.counterparty_row, b.size)])) {
+            let xt = &x[t.index()];
             parts.push(if xt.size()[0] == 0 {
                 Tensor::zeros([b.size, xt.size()[1]], opts)
             } else {
-                let mask = own.ge(0).to_kind(opts.0).unsqueeze(1);
-                xt.index_select(0, &own.clamp_min(0)) * mask
+                let mask = own.0.ge(0).to_kind(opts.0).unsqueeze(1);
+                xt.index_select(0, &own.0.clamp_min(0)) * mask
             });
         }
         for (xt, graph) in x.iter().zip(&b.node_graph) {
@@ -1234,16 +1240,20 @@ impl HybridFraudNet {
         let others = NodeType::ALL.len() - 1;
         let dev = x.device();
 
-        // The transaction's own entity of every other type, zeros where it has none.
-        let own = Tensor::cat(&b.own_rows[1..], 0); // [(types - 1)·B]
+        // The transaction's own entity of every other type, then a transfer's receiver (an
+        // account), zeros where it has none.
+        let mut own_rows: Vec<&Tensor> = b.own_rows[1..].iter().collect();
+        own_rows.push(&b.counterparty_row);
+        let own = Tensor::cat(&own_rows, 0); // [(types - 1 + 1)·B]
         let shift: Vec<i64> = NodeType::ALL[1..]
             .iter()
+            .chain([&NodeType::Account])
             .flat_map(|t| std::iter::repeat_n(plan.offsets[t.index()], bs as usize))
             .collect();
         let rows = (&own + Tensor::from_slice(&shift).to_device(dev)).clamp(0, plan.nodes - 1);
         let mask = own.ge(0).to_kind(opts.0).unsqueeze(1);
         let own = (x.index_select(0, &rows) * mask)
-            .view([others as i64, bs, h])
+            .view([others as i64 + 1, bs, h])
             .transpose(0, 1);
 
         // The mean of every node type's embeddings per subgraph: bucket (subgraph, type).

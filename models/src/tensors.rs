@@ -39,6 +39,9 @@ pub struct BatchTensors {
     /// Per node type: `[B]` the stacked row of each transaction's own entity of that
     /// type, `-1` when it has none.
     pub own_rows: [Tensor; NODE_TYPES],
+    /// `[B]` the stacked account row of each transfer's receiver, `-1` for a transaction
+    /// that is not a transfer.
+    pub counterparty_row: Tensor,
     /// `[B, TXN_FEATURES.len()]` features of the scored transactions.
     pub txn_features: Tensor,
     /// `[B, L, SEQ_FEATURES.len()]` recent transactions of each target account,
@@ -165,6 +168,22 @@ impl BatchTensors {
                     .collect(),
             );
         }
+        shape("counterparty_row", b, batch.counterparty_row.len())?;
+        index_range(
+            "counterparty_row",
+            batch
+                .counterparty_row
+                .iter()
+                .copied()
+                .filter(|r| *r != NO_ROW)
+                .max(),
+            rows[NodeType::Account.index()],
+        )?;
+        let counterparty_row: Vec<i64> = batch
+            .counterparty_row
+            .iter()
+            .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
+            .collect();
         shape(
             "txn_features",
             b * TXN_FEATURES.len(),
@@ -206,6 +225,7 @@ impl BatchTensors {
             }),
             target_account: indices(&batch.target_account, device),
             own_rows: std::array::from_fn(|i| Tensor::from_slice(&own_rows[i]).to_device(device)),
+            counterparty_row: Tensor::from_slice(&counterparty_row).to_device(device),
             txn_features: matrix(&batch.txn_features, b, TXN_FEATURES.len(), device),
             sequence: Tensor::from_slice(&batch.sequence)
                 .view([b as i64, l as i64, sw as i64])
@@ -238,6 +258,7 @@ impl BatchTensors {
             edge_features: std::array::from_fn(|i| self.edge_features[i].to_kind(kind)),
             target_account: self.target_account.shallow_clone(),
             own_rows: std::array::from_fn(|i| self.own_rows[i].shallow_clone()),
+            counterparty_row: self.counterparty_row.shallow_clone(),
             txn_features: self.txn_features.to_kind(kind),
             sequence: self.sequence.to_kind(kind),
             sequence_len: self.sequence_len.shallow_clone(),
@@ -280,6 +301,7 @@ impl BatchTensors {
             edge_features: rel(each(&self.edge_features)?),
             target_account: stage(&self.target_account)?,
             own_rows: arr(each(&self.own_rows)?),
+            counterparty_row: stage(&self.counterparty_row)?,
             txn_features: stage(&self.txn_features)?,
             sequence: stage(&self.sequence)?,
             sequence_len: stage(&self.sequence_len)?,

@@ -121,6 +121,10 @@ fn synthetic_batch(b: usize, max_sequence: usize, seed: u64) -> Batch {
             };
             batch.own_rows[t.index()].push(own);
         }
+        // Every other subgraph's transaction is a transfer to its second account.
+        batch
+            .counterparty_row
+            .push(if g % 2 == 0 { offset[0] + 1 } else { NO_ROW });
         rng.fill(&mut batch.txn_features, TXN_FEATURES.len());
         let len = g % (max_sequence + 1);
         let w = SEQ_FEATURES.len();

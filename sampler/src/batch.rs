@@ -10,7 +10,7 @@ use crate::features::{self, EDGE_FEATURES, SEQ_FEATURES, TXN_FEATURES};
 use crate::sample::Subgraph;
 use crate::schema::{NodeType, Relation};
 
-/// Marks a missing row in [`Batch::own_rows`].
+/// Marks a missing row in [`Batch::own_rows`] and [`Batch::counterparty_row`].
 pub const NO_ROW: u32 = u32::MAX;
 
 /// Flat arrays of a batch of subgraphs. Node rows of all subgraphs are
@@ -32,6 +32,9 @@ pub struct Batch {
     /// Per node type, per subgraph: the stacked row of the transaction's own
     /// entity of that type ([`Subgraph::own_rows`]), [`NO_ROW`] when it has none.
     pub own_rows: [Vec<u32>; 5],
+    /// Per subgraph: the stacked account row of its transfer's receiver
+    /// ([`Subgraph::counterparty_row`]), [`NO_ROW`] when it is not a transfer.
+    pub counterparty_row: Vec<u32>,
     /// Per subgraph: [`TXN_FEATURES`], row-major.
     pub txn_features: Vec<f32>,
     /// Per subgraph: `max_sequence` × [`SEQ_FEATURES`], right-aligned (the
@@ -70,6 +73,7 @@ impl Batch {
         for rows in &mut self.own_rows {
             rows.clear();
         }
+        self.counterparty_row.clear();
         self.txn_features.clear();
         self.txn_features
             .reserve(subgraphs.len() * TXN_FEATURES.len());
@@ -101,6 +105,9 @@ impl Batch {
                 let i = t.index();
                 self.own_rows[i].push(sub.own_rows[i].map_or(NO_ROW, |r| offsets[i] + r));
             }
+            let accounts = offsets[NodeType::Account.index()];
+            self.counterparty_row
+                .push(sub.counterparty_row.map_or(NO_ROW, |r| accounts + r));
             self.txn_features.extend_from_slice(&sub.txn_features);
             let keep = sub.sequence_len.min(max_sequence);
             let w = SEQ_FEATURES.len();

@@ -95,6 +95,9 @@ pub struct Subgraph {
     /// the target's `transferred_to` edge), `None` when the transaction has
     /// none.
     pub own_rows: [Option<u32>; 5],
+    /// The row in `nodes[Account]` of a transfer's receiver (the counterparty), `None`
+    /// when the transaction is not a transfer.
+    pub counterparty_row: Option<u32>,
     /// [`features::TXN_FEATURES`] of the transaction.
     pub txn_features: Vec<f32>,
     /// The account's transactions before this one, oldest first, each
@@ -270,6 +273,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             }),
             target_account: 0,
             own_rows: [None; 5],
+            counterparty_row: None,
             txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
             sequence: Vec::with_capacity(
                 graph.config().sequence_len * features::SEQ_FEATURES.len(),
@@ -301,6 +305,9 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         let (sn, dn) = (visible(st, src_key), visible(dt, dst_key));
         let (sr, s_new) = b.row(st, src_key, sn, 1);
         let (dr, d_new) = b.row(dt, dst_key, dn, 1);
+        if relation == Relation::AccountAccount {
+            b.sub.counterparty_row = Some(dr);
+        }
         for (is_new, t, n, row) in [(s_new, st, sn, sr), (d_new, dt, dn, dr)] {
             if is_new {
                 if relation != Relation::AccountAccount && b.sub.own_rows[t.index()].is_none() {

@@ -78,6 +78,12 @@ fn replayed_subgraphs_reach_three_hops_and_collate() {
                 assert_eq!(batch.node_graph[t.index()][own as usize], i as u32);
             }
         }
+        let receiver = batch.counterparty_row[i];
+        assert_eq!(receiver == NO_ROW, sub.counterparty_row.is_none());
+        if receiver != NO_ROW {
+            let accounts = &batch.node_graph[NodeType::Account.index()];
+            assert_eq!(accounts[receiver as usize], i as u32);
+        }
         if sub.sequence_len > 0 {
             // Right-aligned: the newest element is the last slot.
             let end = (i + 1) * 32 * w;
@@ -107,4 +113,36 @@ fn the_view_matches_the_subgraph_and_exports_dot() {
     assert!(dot.starts_with("digraph"));
     assert!(dot.contains(&payer));
     assert_eq!(dot.matches(" -> ").count(), sub.edge_count());
+}
+
+#[test]
+fn a_transfer_points_at_its_receiver_and_other_payments_at_none() {
+    let sim = Simulation::generate(&SimConfig {
+        transactions: 20_000,
+        seed: 5,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let g = Graph::new(GraphConfig::default());
+    let (mut transfers, mut others) = (0, 0);
+    for (i, t) in sim.transactions().enumerate() {
+        if t.counterparty_account_id.is_some() || i % 200 == 0 {
+            let sub = sample(&g, &t, &SamplerConfig::default());
+            match (&t.counterparty_account_id, sub.counterparty_row) {
+                (Some(receiver), Some(row)) => {
+                    let key = sub.key(&g, NodeType::Account, row as usize);
+                    assert_eq!(key.as_deref(), Some(receiver.as_str()));
+                    assert_ne!(row, sub.target_account, "the receiver is not the payer");
+                    transfers += 1;
+                }
+                (None, None) => others += 1,
+                (receiver, row) => panic!("receiver {receiver:?} but counterparty row {row:?}"),
+            }
+        }
+        g.apply(&t);
+    }
+    assert!(
+        transfers > 50 && others > 50,
+        "{transfers} transfers, {others} others"
+    );
 }

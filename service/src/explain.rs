@@ -82,7 +82,7 @@ const COUNT_STD_FLOOR: f64 = 1.0;
 /// subgraph from the nearest of the transaction's own entities (0 for them);
 /// `fraud_rate` is the unshrunk labelled rate, 0 when none is labelled.
 ///
-/// **Anomalies.** For the transaction's own entities and the
+/// **Anomalies.** For the transaction's own entities, a transfer's receiver, and the
 /// three most connected other nodes of the subgraph, each with at least two
 /// days of history, features `txn_count_1h` and `txn_count_24h`: the node's
 /// exponentially decayed transaction count (time constant 1 h or 24 h, the
@@ -421,11 +421,17 @@ fn anomalies(
     view: &View,
     keys: &[Option<String>],
 ) -> Vec<NodeAnomaly> {
+    // The transaction's own entities, then a transfer's receiver.
+    let receiver = sub
+        .counterparty_row
+        .map(|row| view.index(NodeType::Account, row));
     let mut chosen: Vec<usize> = NodeType::ALL
         .iter()
         .filter_map(|&t| sub.own_rows[t.index()].map(|row| view.index(t, row)))
+        .chain(receiver)
         .filter(|&g| g < view.len())
         .collect();
+    chosen.dedup();
     let mut others: Vec<usize> = (0..view.len()).filter(|g| !chosen.contains(g)).collect();
     others.sort_by_key(|&g| (std::cmp::Reverse(view.adj[g].len()), g));
     chosen.extend(others.into_iter().take(ANOMALY_NEIGHBOURS));

@@ -189,6 +189,7 @@ mod tests {
             edge_features: Default::default(),
             target_account: 0,
             own_rows: [None; 5],
+            counterparty_row: None,
             txn_features: Vec::new(),
             sequence: Vec::new(),
             sequence_len: 0,
