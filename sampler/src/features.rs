@@ -162,7 +162,19 @@ const DAY_MS: f32 = 86_400_000.0;
 /// Node features of `node` as of `t_ms`; `degrees` are the visible edges per
 /// port. A node the graph has never seen gets [`new_node_features`].
 pub fn node_features(node: &Node, t_ms: i64, degrees: &[usize], out: &mut Vec<f32>) {
-    let agg = node.aggregates_at(t_ms).unwrap_or([0.0; 8]);
+    node_features_of(node.aggregates_at(t_ms), node.first_ms, t_ms, degrees, out);
+}
+
+/// [`node_features`] from their parts: the node's aggregates as of `t_ms` (`None` when no
+/// kept state predates it) and its first sighting.
+pub fn node_features_of(
+    agg: Option<[f32; 8]>,
+    first_ms: i64,
+    t_ms: i64,
+    degrees: &[usize],
+    out: &mut Vec<f32>,
+) {
+    let agg = agg.unwrap_or([0.0; 8]);
     let count_7d = agg[2].max(1e-6);
     let resultant = (agg[6] * agg[6] + agg[7] * agg[7]).sqrt() / count_7d;
     out.extend_from_slice(&[
@@ -174,7 +186,7 @@ pub fn node_features(node: &Node, t_ms: i64, degrees: &[usize], out: &mut Vec<f3
         ln1p(agg[5].max(0.0)),
         resultant.clamp(0.0, 1.0),
         ((agg[0] + 1.0) / (agg[1] / 24.0 + 1.0)).ln(),
-        ln1p((t_ms - node.first_ms).max(0) as f32 / DAY_MS),
+        ln1p((t_ms - first_ms).max(0) as f32 / DAY_MS),
         0.0,
     ]);
     out.extend(degrees.iter().map(|&d| ln1p_count(d as u64)));

@@ -35,6 +35,7 @@ use fraudgraph_proto::v1::Transaction;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
+use crate::hot::{HotTable, HotView};
 use crate::schema::{NodeType, Relation, edges_of};
 
 /// Shards per node type.
@@ -386,6 +387,11 @@ impl Node {
         self.degrees[port] = u16::try_from(self.ports[port].len()).unwrap_or(u16::MAX);
     }
 
+    /// The stored degrees ([`Node::degree`] before the saturation check).
+    pub(crate) fn degrees(&self) -> [u16; MAX_PORTS] {
+        self.degrees
+    }
+
     /// The length of `ports[port]`, read from the node's first cache line.
     pub fn degree(&self, port: usize) -> usize {
         match self.degrees[port] {
@@ -510,7 +516,8 @@ pub struct GraphStats {
     pub edges: u64,
     /// Bytes held by edges (both copies, with vector slack).
     pub edge_bytes: u64,
-    /// Bytes held by nodes (state, ids, index entries), without edges.
+    /// Bytes held by nodes (state, ids, index entries, the lock-free first-line mirror),
+    /// without edges.
     pub node_bytes: u64,
     /// Newest applied event time, Unix ms.
     pub watermark_ms: i64,
@@ -524,6 +531,9 @@ pub struct GraphStats {
 pub struct Graph {
     pub(crate) config: GraphConfig,
     pub(crate) shards: [Box<[RwLock<Shard>]>; 5],
+    /// Per node type, the lock-free mirror of each node's first line; every writer
+    /// publishes to it under the node's shard write lock.
+    pub(crate) hot: [HotTable; 5],
     pub(crate) dedupe: Mutex<Dedupe>,
 }
 
@@ -547,6 +557,7 @@ impl Graph {
         Graph {
             config,
             shards,
+            hot: Default::default(),
             dedupe: Mutex::new(Dedupe {
                 watermark_ms: i64::MIN,
                 ..Dedupe::default()
@@ -580,6 +591,31 @@ impl Graph {
         self.with_node(t, node, |n| n.is_live().then(|| n.key.to_string()))
     }
 
+    /// A node's first sighting, aggregates and degrees, read without its shard lock (see
+    /// [`crate::hot`]); `None` for an address never written.
+    pub fn hot_view(&self, t: NodeType, node: NodeRef) -> Option<HotView> {
+        self.hot[t.index()].read(node)
+    }
+
+    /// Starts loading a node's [`Graph::hot_view`] into the caches, so that reading it a
+    /// moment later does not wait; a sampler touches all the neighbours it has chosen
+    /// before it reads them, and their cache misses overlap.
+    pub fn touch(&self, t: NodeType, node: NodeRef) {
+        self.hot[t.index()].touch(node);
+    }
+
+    /// Publishes every node's first line to the lock-free mirror (after a restore).
+    pub(crate) fn publish_all(&self) {
+        for t in NodeType::ALL {
+            for (shard, lock) in self.shards[t.index()].iter().enumerate() {
+                let g = lock.write();
+                for (slot, n) in g.nodes.iter().enumerate() {
+                    self.hot[t.index()].publish(NodeRef::new(shard, slot), n);
+                }
+            }
+        }
+    }
+
     /// Runs `f` on a node under its shard's read lock.
     pub fn with_node<R>(&self, t: NodeType, node: NodeRef, f: impl FnOnce(&Node) -> R) -> R {
         let guard = self.shards[t.index()][node.shard()].read();
@@ -590,9 +626,13 @@ impl Graph {
         let shard = Self::shard_of(key);
         let mut guard = self.shards[t.index()][shard].write();
         if let Some(&slot) = guard.index.get(key) {
+            let at = NodeRef::new(shard, slot as usize);
             let node = &mut guard.nodes[slot as usize];
-            node.first_ms = node.first_ms.min(time_ms);
-            return NodeRef::new(shard, slot as usize);
+            if time_ms < node.first_ms {
+                node.first_ms = time_ms;
+                self.hot[t.index()].publish(at, node);
+            }
+            return at;
         }
         let node = Node::new(key, t, time_ms);
         let slot = match guard.free.pop() {
@@ -610,7 +650,9 @@ impl Graph {
             }
         };
         guard.index.insert(key.into(), slot as u32);
-        NodeRef::new(shard, slot)
+        let at = NodeRef::new(shard, slot);
+        self.hot[t.index()].publish(at, &guard.nodes[slot]);
+        at
     }
 
     /// Drops what has been idle longer than `retention_ms` before the newest
@@ -626,7 +668,7 @@ impl Graph {
         let cutoff_ms = watermark - self.config.retention_ms;
         let cutoff_s = epoch_secs(cutoff_ms);
         for t in NodeType::ALL {
-            for shard in self.shards[t.index()].iter() {
+            for (shard_index, shard) in self.shards[t.index()].iter().enumerate() {
                 let mut g = shard.write();
                 let Shard { index, nodes, free } = &mut *g;
                 for (slot, n) in nodes.iter_mut().enumerate() {
@@ -656,6 +698,7 @@ impl Graph {
                         free.push(slot as u32);
                         evicted.nodes += 1;
                     }
+                    self.hot[t.index()].publish(NodeRef::new(shard_index, slot), n);
                 }
             }
         }
@@ -677,6 +720,7 @@ impl Graph {
         }
         n.prev = n.agg;
         n.agg.add(time_ms, amount);
+        self.hot[t.index()].publish(node, n);
     }
 
     /// Adds or reinforces the edge at `node`'s `port`. Returns the neighbour
@@ -691,6 +735,7 @@ impl Graph {
         time_s: u32,
         amount: f32,
     ) -> Option<(NodeRef, u32)> {
+        let at_node = node;
         let mut guard = self.shards[t.index()][node.shard()].write();
         let node = &mut guard.nodes[node.slot()];
         let list = &mut node.ports[port];
@@ -729,12 +774,14 @@ impl Graph {
         let at = list.partition_point(|x| x.last_s <= time_s);
         list.insert(at, Edge::new(nbr, time_s, amount));
         node.sync_degree(port);
+        self.hot[t.index()].publish(at_node, node);
         dropped
     }
 
     /// Removes the edge to `nbr`, last seen at `last_s` (both ends hold the
     /// same statistics, so it is found by binary search), from `node`'s `port`.
     fn remove_edge(&self, t: NodeType, node: NodeRef, port: usize, nbr: NodeRef, last_s: u32) {
+        let at = node;
         let mut guard = self.shards[t.index()][node.shard()].write();
         let node = &mut guard.nodes[node.slot()];
         let list = &mut node.ports[port];
@@ -751,6 +798,7 @@ impl Graph {
                 list.shrink_to_fit();
             }
             node.sync_degree(port);
+            self.hot[t.index()].publish(at, node);
         }
     }
 
@@ -859,6 +907,7 @@ impl Graph {
         };
         let mut half_edges = 0u64;
         for t in NodeType::ALL {
+            s.node_bytes += self.hot[t.index()].bytes() as u64;
             for shard in self.shards[t.index()].iter() {
                 let g = shard.read();
                 s.nodes[t.index()] += (g.nodes.len() - g.free.len()) as u64;

@@ -3,6 +3,7 @@
 //!
 //! - [`schema`]: node types, typed relations, the edges a transaction creates.
 //! - [`graph`]: the live graph store (one writer, many readers, causal views).
+//! - [`hot`]: a lock-free mirror of each node's first cache line, for samplers.
 //! - [`features`]: the one definition of every raw feature, and its hash.
 //! - [`sample`]: the causal 3-hop sampler producing a [`sample::Subgraph`].
 //! - [`batch`]: collation of subgraphs into flat batch arrays.
@@ -12,6 +13,7 @@
 pub mod batch;
 pub mod features;
 pub mod graph;
+pub mod hot;
 pub mod sample;
 pub mod schema;
 pub mod snapshot;

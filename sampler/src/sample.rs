@@ -176,27 +176,43 @@ impl Builder<'_> {
                 let (t_ms, t_s) = (self.t_ms, self.t_s);
                 let mut degrees = [0usize; MAX_PORTS];
                 let ports = ports(t).len();
-                self.graph.with_node(t, n, |node| {
-                    if node.quiet_since(t_s) {
-                        // Every stored edge is visible: the degrees are the list
-                        // lengths, kept in the node's first cache line.
-                        for (port, d) in degrees[..ports].iter_mut().enumerate() {
-                            *d = node.degree(port);
-                        }
-                    } else {
-                        for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
-                            // Lists are ordered by last sighting: only the tail
-                            // seen at or after t needs a closer look.
-                            let settled = settled_len(list, false, t_s);
-                            *d = settled
-                                + list[settled..]
-                                    .iter()
-                                    .filter(|e| e.as_of(t_s).is_some())
-                                    .count();
-                        }
-                    }
-                    features::node_features(node, t_ms, &degrees[..ports], out);
+                // A node quiet since t (nothing at or after t's second) is read from its
+                // lock-free first line: every stored edge is visible, so its degrees are
+                // its list lengths, and its current aggregates predate t.
+                let hot = self.graph.hot_view(t, n).filter(|h| {
+                    h.agg.l_ms != i64::MIN
+                        && epoch_secs(h.agg.l_ms) < t_s
+                        && h.degrees[..ports].iter().all(|&d| d != u16::MAX)
                 });
+                if let Some(h) = hot {
+                    for (d, &stored) in degrees.iter_mut().zip(&h.degrees[..ports]) {
+                        *d = usize::from(stored);
+                    }
+                    let agg = Some(h.agg.at(t_ms));
+                    features::node_features_of(agg, h.first_ms, t_ms, &degrees[..ports], out);
+                } else {
+                    self.graph.with_node(t, n, |node| {
+                        if node.quiet_since(t_s) {
+                            // Every stored edge is visible: the degrees are the list
+                            // lengths, kept in the node's first cache line.
+                            for (port, d) in degrees[..ports].iter_mut().enumerate() {
+                                *d = node.degree(port);
+                            }
+                        } else {
+                            for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
+                                // Lists are ordered by last sighting: only the tail
+                                // seen at or after t needs a closer look.
+                                let settled = settled_len(list, false, t_s);
+                                *d = settled
+                                    + list[settled..]
+                                        .iter()
+                                        .filter(|e| e.as_of(t_s).is_some())
+                                        .count();
+                            }
+                        }
+                        features::node_features(node, t_ms, &degrees[..ports], out);
+                    });
+                }
                 self.by_ref.insert((t, n), r);
                 None
             }
@@ -359,6 +375,12 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
                 visible_edges(node, t, t_s, keep, &mut candidates)
             });
             choose(&mut candidates, fanout, config.strategy, &mut rng);
+            // Start loading every chosen neighbour's first line before reading any: their
+            // cache misses overlap instead of queueing one after the other.
+            for &(relation, side, view) in &candidates {
+                let (st, dt) = relation.endpoints();
+                graph.touch(if side == Side::Out { dt } else { st }, view.nbr);
+            }
             for &(relation, side, view) in &candidates {
                 let (st, dt) = relation.endpoints();
                 let nbr_t = if side == Side::Out { dt } else { st };

@@ -483,6 +483,7 @@ impl Graph {
             let graph = Graph {
                 config: config.clone(),
                 shards: shards.map(Vec::into_boxed_slice),
+                hot: Default::default(),
                 dedupe: Mutex::new(Dedupe {
                     seen,
                     order,
@@ -490,6 +491,7 @@ impl Graph {
                     applied,
                 }),
             };
+            graph.publish_all();
             Ok((graph, offsets))
         };
         decode(&mut d).map_err(corrupt)

@@ -24,12 +24,21 @@ fn config(cap: usize) -> GraphConfig {
 /// Every stored edge's neighbour exists and stores the same edge back.
 fn assert_symmetric(g: &Graph, keys: &HashMap<(NodeType, String), NodeRef>) {
     for ((t, _), &node) in keys {
-        let (lists, degrees): (Vec<Vec<_>>, Vec<usize>) = g.with_node(*t, node, |n| {
-            (
-                n.ports.to_vec(),
-                (0..n.ports.len()).map(|p| n.degree(p)).collect(),
-            )
+        let (lists, degrees, first_ms, agg) = g.with_node(*t, node, |n| {
+            let degrees: Vec<usize> = (0..n.ports.len()).map(|p| n.degree(p)).collect();
+            (n.ports.to_vec(), degrees, n.first_ms, n.agg)
         });
+        let hot = g.hot_view(*t, node).expect("every node is published");
+        assert_eq!(
+            (hot.first_ms, hot.agg),
+            (first_ms, agg),
+            "the lock-free first line mirrors the node"
+        );
+        let hot_degrees: Vec<usize> = hot.degrees[..degrees.len()]
+            .iter()
+            .map(|&d| usize::from(d))
+            .collect();
+        assert_eq!(hot_degrees, degrees);
         for (port, list) in lists.iter().enumerate() {
             assert_eq!(
                 degrees[port],

@@ -48,8 +48,47 @@ fn configs() -> [SamplerConfig; 2] {
     ]
 }
 
+/// Node features of every sampled node, recomputed from the node itself under its lock: the
+/// visible edges per port counted one by one. The sampler reads most nodes from their
+/// lock-free first line instead, and must give exactly these values.
+fn assert_features_match_the_nodes(g: &Graph, sub: &Subgraph) {
+    let t_s = epoch_secs(sub.t_ms);
+    for t in NodeType::ALL {
+        let w = features::node_width(t);
+        for (row, n) in sub.nodes[t.index()].iter().enumerate() {
+            let Some(node) = n.node else { continue };
+            let mut expected = Vec::new();
+            g.with_node(t, node, |node| {
+                let degrees: Vec<usize> = node
+                    .ports
+                    .iter()
+                    .map(|list| list.iter().filter(|e| e.as_of(t_s).is_some()).count())
+                    .collect();
+                features::node_features(node, sub.t_ms, &degrees, &mut expected);
+            });
+            let got = &sub.node_features[t.index()][row * w..(row + 1) * w];
+            assert_eq!(got, &expected[..], "{t:?} row {row}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Sampled node features are the nodes' own, as of the target's time, whether the
+    /// sampler read a node from its lock-free first line or under its lock.
+    #[test]
+    fn node_features_are_the_nodes_as_of_t(mut events in prop::collection::vec(txn_strategy(), 1..60), target in txn_strategy(), back in 0i64..5_000_000) {
+        events.sort_by_key(|e| e.6);
+        let history = stream(events);
+        let g = graph_of(&history);
+        let mut target = make(9999, target);
+        // At the head of the stream, or back in time among the nodes' updates.
+        target.event_time_ms = history.last().map_or(T0, |t| t.event_time_ms) + 1_000 - back;
+        for config in configs() {
+            assert_features_match_the_nodes(&g, &sample(&g, &target, &config));
+        }
+    }
 
     /// Score, then apply: applying the target to the graph does not change
     /// what sampling it shows (the same request before and after apply).

@@ -49,6 +49,17 @@ proptest! {
         prop_assert_eq!(off, offsets());
         prop_assert!(back.snapshot_bytes(&offsets()) == bytes, "re-encoding differs");
         prop_assert_eq!(content(&back), content(&g));
+        // The lock-free first lines samplers read are restored too.
+        for t in &txns {
+            for (relation, src, dst) in fraudgraph_sampler::edges_of(t) {
+                let (st, dt) = relation.endpoints();
+                for (ty, key) in [(st, src), (dt, dst)] {
+                    let hot = |g: &Graph| g.lookup(ty, key).map(|n| g.hot_view(ty, n));
+                    prop_assert_eq!(hot(&back), hot(&g));
+                    prop_assert!(hot(&g).is_none_or(|v| v.is_some()), "published");
+                }
+            }
+        }
         let mut target = make(9999, target);
         target.event_time_ms = T0 + 7_300_000;
         prop_assert_eq!(sample(&back, &target, &SamplerConfig::default()), sample(&g, &target, &SamplerConfig::default()));
