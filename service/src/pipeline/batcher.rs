@@ -55,6 +55,8 @@ impl Batcher {
     /// Batches until the item channel closes.
     pub(super) fn run(self) {
         let mut pending: Vec<InferItem> = Vec::with_capacity(self.max_batch);
+        // A buffer taken from the pool for a batch whose callers had all gone.
+        let mut spare: Option<StagingBuffer> = None;
         while let Ok(first) = self.items.recv() {
             pending.push(first);
             let until = Instant::now() + self.max_wait;
@@ -64,15 +66,29 @@ impl Batcher {
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
+            let mut buffer = match spare.take() {
+                Some(buffer) => buffer,
+                None => match self.free.recv() {
+                    Ok(buffer) => buffer,
+                    Err(_) => return,
+                },
+            };
+            // Waiting for a free buffer means the inference thread is behind: whatever
+            // queued meanwhile joins this batch, so batches grow with the backlog and the
+            // fixed cost of a forward pass is shared by more requests.
+            while pending.len() < self.max_batch {
+                match self.items.try_recv() {
+                    Ok(item) => pending.push(item),
+                    Err(_) => break,
+                }
+            }
             // Callers already answered by the GBDT need no GNN work.
             let now = Instant::now();
             pending.retain(|i| !i.reply.is_closed() && i.answer_by > now);
             if pending.is_empty() {
+                spare = Some(buffer);
                 continue;
             }
-            let Ok(mut buffer) = self.free.recv() else {
-                return;
-            };
             buffer.subs.clear();
             let mut waiters = Vec::with_capacity(pending.len());
             for item in pending.drain(..) {
@@ -96,5 +112,77 @@ impl Batcher {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fraudgraph_proto::v1::Transaction;
+    use fraudgraph_sampler::graph::{Graph, GraphConfig};
+    use fraudgraph_sampler::sample::{SamplerConfig, sample};
+
+    use super::*;
+
+    fn item(graph: &Graph, i: usize) -> (InferItem, oneshot::Receiver<GnnResult>) {
+        let txn = Transaction {
+            txn_id: format!("t-{i}"),
+            event_time_ms: 1_767_225_600_000,
+            account_id: format!("acc-{i}"),
+            merchant_id: "m-1".into(),
+            amount_minor: 4599,
+            ..Transaction::default()
+        };
+        let (reply, rx) = oneshot::channel();
+        let now = Instant::now();
+        let item = InferItem {
+            sub: sample(graph, &txn, &SamplerConfig::default()),
+            answer_by: now + Duration::from_secs(60),
+            enqueued: now,
+            reply,
+        };
+        (item, rx)
+    }
+
+    /// While the inference thread holds every buffer, requests queue; the batch formed when
+    /// a buffer comes back takes all of them, not only those of its first wait window.
+    #[test]
+    fn a_backlog_joins_the_batch_formed_when_a_buffer_frees_up() {
+        let graph = Graph::new(GraphConfig::default());
+        let (items_tx, items_rx) = crossbeam_channel::bounded(64);
+        let (free_tx, free_rx) = crossbeam_channel::bounded(1);
+        let (staged_tx, staged_rx) = crossbeam_channel::bounded(1);
+        let batcher = Batcher {
+            items: items_rx,
+            free: free_rx,
+            staged: staged_tx,
+            max_batch: 64,
+            max_wait: Duration::from_millis(1),
+            max_sequence: 32,
+            device: Device::Cpu,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let thread = std::thread::spawn(move || batcher.run());
+        let mut replies = Vec::new();
+        let (first, rx) = item(&graph, 0);
+        replies.push(rx);
+        items_tx.send(first).unwrap();
+        // The first window closes with one request; the batcher now waits for a buffer
+        // (the inference thread is "busy") while nine more arrive.
+        std::thread::sleep(Duration::from_millis(30));
+        for i in 1..10 {
+            let (next, rx) = item(&graph, i);
+            replies.push(rx);
+            items_tx.send(next).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        free_tx.send(StagingBuffer::default()).unwrap();
+        let staged = staged_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch is staged");
+        assert_eq!(staged.waiters.len(), 10, "the backlog joined the batch");
+        assert_eq!(staged.tensors.expect("collated").size, 10);
+        drop(items_tx);
+        drop(staged_rx);
+        thread.join().unwrap();
     }
 }
