@@ -160,9 +160,13 @@ fn ring(world: &mut World, d: &Difficulty, rng: &mut ChaCha8Rng, out: &mut Vec<E
     }
 }
 
-/// (b) Mules: scammed victims pay into a few mule accounts (fan-in), which
-/// move the money on to each other and out through crypto (fan-out), run from
-/// the herder's devices.
+/// (b) Mules: scammed victims pay into accounts a herder has recruited. Each mule is an
+/// ordinary account with its own history and contacts. The herder takes it over before the
+/// victims pay (a small first payment from one of the herder's devices and IPs), and each
+/// mule receives from only one to three victims, a fan-in its own contacts could give it.
+/// So a victim's payment looks unremarkable one hop out; two and three hops out the
+/// receiver's devices lead to the herder's, shared by every mule of the network. The mules
+/// then pass money on to each other and cash out at crypto merchants (fan-out).
 fn mule(
     world: &mut World,
     d: &Difficulty,
@@ -170,7 +174,9 @@ fn mule(
     out: &mut Vec<Event>,
     all_mules: &mut Vec<u32>,
 ) {
-    let n_mules = rng.random_range(2..=4);
+    let n_victims = rng.random_range(d.mule_victims_min..=d.mule_victims_max) as usize;
+    // About two victims per mule.
+    let n_mules = (n_victims / 2).clamp(2, 8);
     let mules = accounts(world, rng, n_mules, &[]);
     let herder_devices: Vec<u32> = (0..rng.random_range(1..=2))
         .map(|_| world.alloc.device())
@@ -178,28 +184,40 @@ fn mule(
     let herder_ips: Vec<u32> = (0..rng.random_range(1..=2))
         .map(|_| world.alloc.ip())
         .collect();
-    let n_victims = rng.random_range(d.mule_victims_min..=d.mule_victims_max) as usize;
     let victims = accounts(world, rng, n_victims, &mules);
     let len = rng.random_range(3..=10) * DAY_MS;
     let begin = window(world, rng, 0.1, len);
     let mut received = vec![0u32; mules.len()];
 
-    for &v in &victims {
-        for _ in 0..rng.random_range(1..=2) {
-            let to = rng.random_range(0..mules.len());
-            received[to] += 1;
-            let a = &world.accounts[v as usize];
-            let country = a.country as usize;
-            let time = between(rng, begin, begin + len * 2 / 3);
-            let merchant = world.pick_merchant(rng, P2P, country);
-            let mut e = Event::new(time, v, merchant, TRANSFER);
-            e.amount_minor = world.amount(rng, merchant, 3.0 * f64::from(a.spend_scale));
-            e.device = world.phone(v, time);
-            e.ip = world.home_ip(v);
-            e.utc_offset_min = COUNTRIES[country].utc_offset_min;
-            e.counterparty = mules[to];
-            out.push(e);
-        }
+    // The takeover: each mule's first payment from the herder's side, in the day before.
+    for &m in &mules {
+        let a = &world.accounts[m as usize];
+        let country = a.country as usize;
+        let time = between(rng, begin - DAY_MS, begin);
+        let merchant = world.pick_merchant(rng, DIGITAL_GOODS, country);
+        let mut e = Event::new(time, m, merchant, ECOMMERCE);
+        e.amount_minor = world.amount(rng, merchant, 0.5 * f64::from(a.spend_scale));
+        e.card = a.cards[0];
+        e.device = *herder_devices.choose(rng).expect("non-empty");
+        e.ip = *herder_ips.choose(rng).expect("non-empty");
+        e.utc_offset_min = COUNTRIES[country].utc_offset_min;
+        out.push(e);
+    }
+    for (k, &v) in victims.iter().enumerate() {
+        // Spread evenly, so no mule collects a conspicuous fan-in.
+        let to = k % mules.len();
+        received[to] += 1;
+        let a = &world.accounts[v as usize];
+        let country = a.country as usize;
+        let time = between(rng, begin, begin + len * 2 / 3);
+        let merchant = world.pick_merchant(rng, P2P, country);
+        let mut e = Event::new(time, v, merchant, TRANSFER);
+        e.amount_minor = world.amount(rng, merchant, 2.0 * f64::from(a.spend_scale));
+        e.device = world.phone(v, time);
+        e.ip = world.home_ip(v);
+        e.utc_offset_min = COUNTRIES[country].utc_offset_min;
+        e.counterparty = mules[to];
+        out.push(e);
     }
     for (i, &m) in mules.iter().enumerate() {
         let outgoing = (received[i] / 3).max(1) + rng.random_range(0..=1);
