@@ -9,15 +9,20 @@ use fraudgraph_sampler::sample::{SamplerConfig, Subgraph, sample};
 use fraudgraph_sampler::{NodeType, Relation};
 use fraudgraph_simulator::{SimConfig, Simulation};
 
-/// Replays 20,000 simulated transactions, sampling every 500th before
-/// applying it (as training does).
-fn replay() -> (Graph, Vec<Subgraph>) {
-    let sim = Simulation::generate(&SimConfig {
+/// 20,000 simulated transactions.
+fn simulation() -> Simulation {
+    Simulation::generate(&SimConfig {
         transactions: 20_000,
         seed: 5,
         ..SimConfig::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Replays 20,000 simulated transactions, sampling every 500th before
+/// applying it (as training does).
+fn replay() -> (Graph, Vec<Subgraph>) {
+    let sim = simulation();
     let g = Graph::new(GraphConfig::default());
     let mut subs = Vec::new();
     let txns: Vec<Transaction> = sim.transactions().collect();
@@ -117,12 +122,7 @@ fn the_view_matches_the_subgraph_and_exports_dot() {
 
 #[test]
 fn a_transfer_points_at_its_receiver_and_other_payments_at_none() {
-    let sim = Simulation::generate(&SimConfig {
-        transactions: 20_000,
-        seed: 5,
-        ..SimConfig::default()
-    })
-    .unwrap();
+    let sim = simulation();
     let g = Graph::new(GraphConfig::default());
     let (mut transfers, mut others) = (0, 0);
     for (i, t) in sim.transactions().enumerate() {
