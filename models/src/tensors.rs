@@ -78,6 +78,27 @@ fn index_range(what: impl Into<String>, max: Option<u32>, rows: usize) -> Result
     }
 }
 
+/// One optional row per subgraph (`b` of them), each below `rows` or [`NO_ROW`], as the
+/// `i64` indices the model takes (`-1` for none).
+fn optional_rows(
+    what: impl Into<String>,
+    batch_rows: &[u32],
+    b: usize,
+    rows: usize,
+) -> Result<Vec<i64>, NetError> {
+    let what = what.into();
+    shape(what.clone(), b, batch_rows.len())?;
+    index_range(
+        what,
+        batch_rows.iter().copied().filter(|r| *r != NO_ROW).max(),
+        rows,
+    )?;
+    Ok(batch_rows
+        .iter()
+        .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
+        .collect())
+}
+
 /// `[rows, width]` f32 tensor on `device` from a row-major slice (one copy, one transfer).
 fn matrix(data: &[f32], rows: usize, width: usize, device: Device) -> Tensor {
     Tensor::from_slice(data)
@@ -155,35 +176,19 @@ impl BatchTensors {
         )?;
         let mut own_rows: Vec<Vec<i64>> = Vec::with_capacity(NODE_TYPES);
         for t in NodeType::ALL {
-            let own = &batch.own_rows[t.index()];
-            shape(format!("own_rows[{t:?}]"), b, own.len())?;
-            index_range(
+            own_rows.push(optional_rows(
                 format!("own_rows[{t:?}]"),
-                own.iter().copied().filter(|r| *r != NO_ROW).max(),
+                &batch.own_rows[t.index()],
+                b,
                 rows[t.index()],
-            )?;
-            own_rows.push(
-                own.iter()
-                    .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
-                    .collect(),
-            );
+            )?);
         }
-        shape("counterparty_row", b, batch.counterparty_row.len())?;
-        index_range(
+        let counterparty_row = optional_rows(
             "counterparty_row",
-            batch
-                .counterparty_row
-                .iter()
-                .copied()
-                .filter(|r| *r != NO_ROW)
-                .max(),
+            &batch.counterparty_row,
+            b,
             rows[NodeType::Account.index()],
         )?;
-        let counterparty_row: Vec<i64> = batch
-            .counterparty_row
-            .iter()
-            .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
-            .collect();
         shape(
             "txn_features",
             b * TXN_FEATURES.len(),
