@@ -312,24 +312,16 @@ pub struct SeqItem {
 /// Most relation sides a node type has (accounts have six).
 pub const MAX_PORTS: usize = 6;
 
-/// A node's state.
-///
-/// Laid out for the sampler: a node starts a cache line, and everything a sample reads of a
-/// node that has not changed since the target's time (first sighting, aggregates, degrees)
-/// sits in that first line, so adding such a node to a subgraph reads one line and does not
-/// follow the pointer to its adjacency.
+/// A node's state. Samplers read the first sighting, aggregates and list lengths of most
+/// nodes from their lock-free mirror ([`crate::hot`]) instead.
 #[derive(Debug, Clone, PartialEq)]
-#[repr(C, align(64))]
 pub struct Node {
+    /// The entity id as the caller spells it.
+    pub key: Box<str>,
     /// First event time, Unix ms.
     pub first_ms: i64,
     /// Aggregates of every transaction applied.
     pub agg: Aggregates,
-    /// The length of each adjacency list, in [`ports`] order (saturating; kept equal to
-    /// `ports[i].len()` by every writer).
-    degrees: [u16; MAX_PORTS],
-    /// The entity id as the caller spells it.
-    pub key: Box<str>,
     /// `agg` before the latest update: exact for a target whose own
     /// transaction was applied last (score, then apply).
     pub prev: Aggregates,
@@ -343,60 +335,14 @@ pub struct Node {
 
 impl Node {
     fn new(key: &str, t: NodeType, first_ms: i64) -> Self {
-        Node::from_parts(
-            key.into(),
+        Node {
+            key: key.into(),
             first_ms,
-            [Aggregates::new(); 2],
-            Vec::new(),
-            vec![Vec::new(); ports(t).len()].into_boxed_slice(),
-            VecDeque::new(),
-        )
-    }
-
-    /// A node from its stored state (`[agg, prev]`), its degrees derived from `ports`.
-    pub(crate) fn from_parts(
-        key: Box<str>,
-        first_ms: i64,
-        [agg, prev]: [Aggregates; 2],
-        history: Vec<Aggregates>,
-        ports: Box<[Vec<Edge>]>,
-        sequence: VecDeque<SeqItem>,
-    ) -> Self {
-        assert!(
-            ports.len() <= MAX_PORTS,
-            "a node type has at most {MAX_PORTS} ports"
-        );
-        let mut node = Node {
-            first_ms,
-            agg,
-            degrees: [0; MAX_PORTS],
-            key,
-            prev,
-            history,
-            ports,
-            sequence,
-        };
-        for port in 0..node.ports.len() {
-            node.sync_degree(port);
-        }
-        node
-    }
-
-    /// Records the length of `ports[port]` after a change to it.
-    fn sync_degree(&mut self, port: usize) {
-        self.degrees[port] = u16::try_from(self.ports[port].len()).unwrap_or(u16::MAX);
-    }
-
-    /// The stored degrees ([`Node::degree`] before the saturation check).
-    pub(crate) fn degrees(&self) -> [u16; MAX_PORTS] {
-        self.degrees
-    }
-
-    /// The length of `ports[port]`, read from the node's first cache line.
-    pub fn degree(&self, port: usize) -> usize {
-        match self.degrees[port] {
-            u16::MAX => self.ports[port].len(),
-            d => usize::from(d),
+            agg: Aggregates::new(),
+            prev: Aggregates::new(),
+            history: Vec::new(),
+            ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
+            sequence: VecDeque::new(),
         }
     }
 
@@ -676,8 +622,7 @@ impl Graph {
                         continue;
                     }
                     let mut left = 0;
-                    for port in 0..n.ports.len() {
-                        let list = &mut n.ports[port];
+                    for list in n.ports.iter_mut() {
                         let before = list.len();
                         list.retain(|e| e.last_s >= cutoff_s);
                         evicted.half_edges += (before - list.len()) as u64;
@@ -685,7 +630,6 @@ impl Graph {
                             list.shrink_to_fit();
                         }
                         left += list.len();
-                        n.sync_degree(port);
                     }
                     while n.sequence.front().is_some_and(|s| s.time_ms < cutoff_ms) {
                         n.sequence.pop_front();
@@ -773,7 +717,6 @@ impl Graph {
         }
         let at = list.partition_point(|x| x.last_s <= time_s);
         list.insert(at, Edge::new(nbr, time_s, amount));
-        node.sync_degree(port);
         self.hot[t.index()].publish(at_node, node);
         dropped
     }
@@ -797,7 +740,6 @@ impl Graph {
             if list.capacity() > list.len() + list.len() / 8 {
                 list.shrink_to_fit();
             }
-            node.sync_degree(port);
             self.hot[t.index()].publish(at, node);
         }
     }

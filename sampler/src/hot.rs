@@ -52,7 +52,10 @@ impl HotNode {
     /// writer touches this record meanwhile.
     fn publish(&self, node: &Node) {
         let v = &node.agg.v;
-        let d = node.degrees();
+        let mut d = [0u16; MAX_PORTS];
+        for (d, list) in d.iter_mut().zip(node.ports.iter()) {
+            *d = u16::try_from(list.len()).unwrap_or(u16::MAX);
+        }
         let pair = |a: f32, b: f32| u64::from(a.to_bits()) | (u64::from(b.to_bits()) << 32);
         let seq = self.w[0].load(Ordering::Relaxed) as u32;
         // Even when stable, never 0 again once published (0 means never published).
@@ -176,20 +179,22 @@ mod tests {
         let ports = (0..MAX_PORTS)
             .map(|p| vec![Edge::new(NodeRef(0), 0, 0.0); (k as usize + p) % 5])
             .collect();
-        Node::from_parts(
-            "n".into(),
-            i64::from(k),
-            [agg, agg],
-            Vec::new(),
+        Node {
+            key: "n".into(),
+            first_ms: i64::from(k),
+            agg,
+            prev: agg,
+            history: Vec::new(),
             ports,
-            VecDeque::new(),
-        )
+            sequence: VecDeque::new(),
+        }
     }
 
     fn consistent(v: &HotView) -> bool {
         let k = v.first_ms as u32;
         let expected = node(k);
-        v.agg == expected.agg && v.degrees == expected.degrees()
+        let degrees: Vec<u16> = expected.ports.iter().map(|l| l.len() as u16).collect();
+        v.agg == expected.agg && v.degrees[..] == degrees[..]
     }
 
     #[test]

@@ -192,23 +192,16 @@ impl Builder<'_> {
                     features::node_features_of(agg, h.first_ms, t_ms, &degrees[..ports], out);
                 } else {
                     self.graph.with_node(t, n, |node| {
-                        if node.quiet_since(t_s) {
-                            // Every stored edge is visible: the degrees are the list
-                            // lengths, kept in the node's first cache line.
-                            for (port, d) in degrees[..ports].iter_mut().enumerate() {
-                                *d = node.degree(port);
-                            }
-                        } else {
-                            for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
-                                // Lists are ordered by last sighting: only the tail
-                                // seen at or after t needs a closer look.
-                                let settled = settled_len(list, false, t_s);
-                                *d = settled
-                                    + list[settled..]
-                                        .iter()
-                                        .filter(|e| e.as_of(t_s).is_some())
-                                        .count();
-                            }
+                        let quiet = node.quiet_since(t_s);
+                        for (d, list) in degrees.iter_mut().zip(node.ports.iter()) {
+                            // Lists are ordered by last sighting: only the tail seen at
+                            // or after t needs a closer look.
+                            let settled = settled_len(list, quiet, t_s);
+                            *d = settled
+                                + list[settled..]
+                                    .iter()
+                                    .filter(|e| e.as_of(t_s).is_some())
+                                    .count();
                         }
                         features::node_features(node, t_ms, &degrees[..ports], out);
                     });

@@ -286,14 +286,15 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
             txn_hash: d.u64()?,
         });
     }
-    Ok(Node::from_parts(
+    Ok(Node {
         key,
         first_ms,
-        [agg, prev],
+        agg,
+        prev,
         history,
-        ports.into_boxed_slice(),
+        ports: ports.into_boxed_slice(),
         sequence,
-    ))
+    })
 }
 
 impl Graph {
