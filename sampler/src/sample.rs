@@ -445,38 +445,42 @@ fn visible_edges(
     }
 }
 
-/// Keeps at most `k` candidates: the most recent, or a weighted draw.
+/// Keeps at most `k` candidates, the most recent or a weighted draw, in a canonical order
+/// that does not depend on how they are stored: the stored order changes when the target
+/// itself is applied (its edge moves to the end of the list), and sampling before and after
+/// that, or a retry, must give the same subgraph row for row.
 fn choose(
     c: &mut Vec<(Relation, Side, EdgeView)>,
     k: usize,
     strategy: Strategy,
     rng: &mut SplitMix,
 ) {
-    if c.len() <= k {
-        return;
-    }
     if k == 0 {
         c.clear();
         return;
     }
     match strategy {
         Strategy::MostRecent => {
-            // Partition around the k-th most recent in O(n); the order of the
-            // kept k does not matter (rows are deduplicated, edges keyed).
             let newest_first = |a: &(Relation, Side, EdgeView), b: &(Relation, Side, EdgeView)| {
                 b.2.last_s
                     .cmp(&a.2.last_s)
                     .then(a.0.cmp(&b.0))
+                    .then((a.1 == Side::In).cmp(&(b.1 == Side::In)))
                     .then(a.2.nbr.cmp(&b.2.nbr))
             };
-            c.select_nth_unstable_by(k - 1, newest_first);
-            c.truncate(k);
+            if c.len() > k {
+                // Partition around the k-th most recent in O(n).
+                c.select_nth_unstable_by(k - 1, newest_first);
+                c.truncate(k);
+            }
             c.sort_unstable_by(newest_first);
         }
         Strategy::Weighted => {
-            // Draws in a canonical order: the stored order changes when the
-            // target itself is applied, and a retry must sample the same.
+            // Draws in the canonical order too.
             c.sort_unstable_by_key(|(r, side, v)| (*r, *side == Side::In, v.nbr));
+            if c.len() <= k {
+                return;
+            }
             // Efraimidis–Spirakis: keep the k largest u^(1/w).
             let mut keyed: Vec<(f64, (Relation, Side, EdgeView))> = c
                 .drain(..)
