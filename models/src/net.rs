@@ -361,8 +361,6 @@ struct Plan {
 struct EdgePlan {
     /// Stacked edges `E`; there are `2E` flat edges.
     count: i64,
-    /// Per relation: its first stacked edge.
-    offsets: Vec<i64>,
     /// `[2E]`: the [`Layout`] table row of each flat edge's destination query.
     query: Tensor,
     /// `[2E]`: the table row of each flat edge's source key.
@@ -384,20 +382,41 @@ struct EdgePlan {
 }
 
 /// The projection, attention and edge parameters of every layer, concatenated from the
-/// message types' own once per forward pass (differentiable: training through them
-/// reaches every message type's parameters, and a change to the parameters is seen at
-/// once).
+/// message types' own (differentiable: training through them reaches every message
+/// type's parameters). Training builds them on every pass, so a change to the parameters
+/// is seen at once; [`HybridFraudNet::predict`] reuses them while no parameter has
+/// changed ([`WeightsCache`]).
 struct FusedWeights {
-    /// `[Σ slots·hidden, hidden]`: per layer, per node type, its [`Layout`] slots' weights.
-    weight: Tensor,
-    /// `[Σ slots·hidden]`, as `weight`.
-    bias: Tensor,
+    /// Per layer, per node type: the weight `[slots·hidden, hidden]` and bias
+    /// `[slots·hidden]` of its [`Layout`] slots (views of one concatenation).
+    projection: Vec<Vec<(Tensor, Tensor)>>,
     /// `[layers, message types, hidden]`: the attention vectors, flattened over heads.
     att: Tensor,
     /// Per layer, per key|value term, per relation: `[edge features, direction · hidden]`,
     /// the transposed key- (or value-) term rows of the relation's forward then reverse
     /// edge projection.
     edge: Vec<Tensor>,
+}
+
+/// The [`FusedWeights`] of the last [`HybridFraudNet::predict`], with the address and
+/// version counter of every parameter they were built from: libtorch bumps a tensor's
+/// version on every in-place write (an optimizer step, loading weights) and changing
+/// its precision or device gives it new storage, so an equal stamp means the weights
+/// are still the parameters'.
+struct CachedWeights {
+    stamp: Vec<(usize, i64)>,
+    weights: FusedWeights,
+}
+
+/// Where [`HybridFraudNet::predict`] keeps its [`CachedWeights`]. Concatenating them is
+/// ~120 small libtorch ops, about a tenth of a small inference pass on the CPU.
+#[derive(Default)]
+struct WeightsCache(std::sync::Mutex<Option<CachedWeights>>);
+
+impl std::fmt::Debug for WeightsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeightsCache")
+    }
 }
 
 /// `t` with dropout `p` when training; `t` itself otherwise.
@@ -440,6 +459,7 @@ pub struct HybridFraudNet {
     seq_out: nn::Linear,
     fusion_hidden: nn::Linear,
     fusion_out: nn::Linear,
+    cache: WeightsCache,
 }
 
 impl HybridFraudNet {
@@ -554,6 +574,7 @@ impl HybridFraudNet {
             seq_out: nn::linear(&sp / "out", h, h, Default::default()),
             fusion_hidden: nn::linear(p / "fusion" / "hidden", 3 * h, h, Default::default()),
             fusion_out: nn::linear(p / "fusion" / "out", h, 1, Default::default()),
+            cache: WeightsCache::default(),
         })
     }
 
@@ -611,8 +632,11 @@ impl HybridFraudNet {
         guarded(|| self.forward_unchecked(batch, train))
     }
 
-    /// Fraud probabilities `[B]` (f32), without gradients and without dropout. The
-    /// batch's float tensors are converted to the model's precision first if needed.
+    /// Fraud probabilities `[B]` (f32), without gradients and without dropout, as
+    /// [`HybridFraudNet::forward_t`] computes them. The batch's float tensors are
+    /// converted to the model's precision first if needed. The fused pass's concatenated
+    /// weights are kept from one call to the next while no parameter has changed (in
+    /// place, in precision or in device), which saves ~120 small libtorch ops per call.
     pub fn predict(&self, batch: &BatchTensors) -> Result<Tensor, NetError> {
         let _no_grad = tch::no_grad_guard();
         let kind = self.kind();
@@ -623,7 +647,40 @@ impl HybridFraudNet {
             converted = batch.to_kind(kind);
             &converted
         };
-        Ok(self.forward_t(batch, false)?.sigmoid().to_kind(Kind::Float))
+        self.check(batch)?;
+        let logits = guarded(|| {
+            if self.leaves_to_reference(batch) {
+                return self.forward_unchecked(batch, false);
+            }
+            // A panic below leaves the cache as it was, so a poisoned lock is still valid.
+            let mut cache = self.cache.0.lock().unwrap_or_else(|e| e.into_inner());
+            let stamp = self.stamp();
+            if cache.as_ref().is_none_or(|c| c.stamp != stamp) {
+                let weights = self.fused_weights();
+                *cache = Some(CachedWeights { stamp, weights });
+            }
+            self.forward_fused_with(batch, false, cache.as_ref().map(|c| &c.weights))
+        })?;
+        Ok(logits.sigmoid().to_kind(Kind::Float))
+    }
+
+    /// The address and version of every parameter [`HybridFraudNet::fused_weights`]
+    /// reads, in a fixed order.
+    fn stamp(&self) -> Vec<(usize, i64)> {
+        let mut stamp = Vec::with_capacity(self.layers.len() * self.layout.ends.len() * 8);
+        for layer in &self.layers {
+            for mt in &layer.messages {
+                for linear in [&mt.query, &mt.key, &mt.value, &mt.edge] {
+                    stamp.push(&linear.ws);
+                    stamp.extend(linear.bs.as_ref());
+                }
+                stamp.push(&mt.att);
+            }
+        }
+        stamp
+            .into_iter()
+            .map(|t| (t.data_ptr() as usize, t.internal_version()))
+            .collect()
     }
 
     /// Checks devices, kinds and shapes of `batch` against the model.
@@ -913,14 +970,33 @@ impl HybridFraudNet {
     /// The fused pass, or on the CPU the reference pass for large batches
     /// ([`CPU_FUSED_MAX_EDGES`]).
     fn forward_fast(&self, b: &BatchTensors, train: bool) -> Tensor {
-        let edges: i64 = b.edge_index.iter().map(|e| e.size()[1]).sum();
-        if self.device() == Device::Cpu && edges > CPU_FUSED_MAX_EDGES {
+        if self.leaves_to_reference(b) {
             return self.forward_unchecked(b, train);
         }
         self.forward_fused_unchecked(b, train)
     }
 
+    /// Whether `b` is a large CPU batch, which the reference pass runs as fast or faster
+    /// ([`CPU_FUSED_MAX_EDGES`]).
+    fn leaves_to_reference(&self, b: &BatchTensors) -> bool {
+        let edges: i64 = b.edge_index.iter().map(|e| e.size()[1]).sum();
+        self.device() == Device::Cpu && edges > CPU_FUSED_MAX_EDGES
+    }
+
     fn forward_fused_unchecked(&self, b: &BatchTensors, train: bool) -> Tensor {
+        let has_edges = b.edge_index.iter().any(|e| e.size()[1] > 0);
+        let fused = has_edges.then(|| self.fused_weights());
+        self.forward_fused_with(b, train, fused.as_ref())
+    }
+
+    /// The fused pass with `fused` as its weights, which must be the parameters' own
+    /// ([`HybridFraudNet::fused_weights`]) when the batch has edges.
+    fn forward_fused_with(
+        &self,
+        b: &BatchTensors,
+        train: bool,
+        fused: Option<&FusedWeights>,
+    ) -> Tensor {
         if self.device() == Device::Cpu {
             keep_freed_memory();
         }
@@ -941,9 +1017,8 @@ impl HybridFraudNet {
         };
         // The skip connection of the target account's own encoded features.
         let own_account = x.index_select(0, &target);
-        let fused = plan.edges.as_ref().map(|_| self.fused_weights());
         for (l, layer) in self.layers.iter().enumerate() {
-            let mean = match (&plan.edges, &fused) {
+            let mean = match (&plan.edges, fused) {
                 (Some(edges), Some(fused)) => {
                     self.messages_fused(fused, l, &x, &plan, edges, b, train) * &plan.reach
                 }
@@ -1043,7 +1118,6 @@ impl HybridFraudNet {
             offsets: node_offsets,
             edges: Some(EdgePlan {
                 count: total,
-                offsets: offsets(counts.iter().copied()),
                 group: ((group * heads).unsqueeze(1)
                     + Tensor::arange(heads, (Kind::Int64, opts.1)))
                 .view([-1]),
@@ -1068,12 +1142,12 @@ impl HybridFraudNet {
         fused: &FusedWeights,
         l: usize,
         part: usize,
-        edges: &EdgePlan,
         b: &BatchTensors,
     ) {
         let h = self.config.hidden as i64;
         // [E, direction · hidden]: the two flat edges of a stacked edge side by side.
         let rows = t.view([-1, 2 * h]);
+        let mut start = 0;
         for r in Relation::ALL {
             let n = b.edges(r);
             if n == 0 {
@@ -1081,8 +1155,9 @@ impl HybridFraudNet {
             }
             let weight = &fused.edge[(l * 2 + part) * Relation::ALL.len() + r.index()];
             let _ = rows
-                .narrow(0, edges.offsets[r.index()], n)
+                .narrow(0, start, n)
                 .addmm_(&b.edge_features[r.index()], weight);
+            start += n;
         }
     }
 
@@ -1121,9 +1196,20 @@ impl HybridFraudNet {
         let layers = self.layers.len() as i64;
         let types = self.layout.ends.len() as i64;
         let ew = EDGE_FEATURES.len() as i64;
+        let widths: Vec<i64> = self
+            .layout
+            .slots
+            .iter()
+            .map(|s| s.len() as i64 * h)
+            .collect();
+        let sizes: Vec<i64> = (0..layers).flat_map(|_| widths.iter().copied()).collect();
+        let weight = Tensor::cat(&weights, 0).split_with_sizes(&sizes, 0);
+        let bias = Tensor::cat(&biases, 0).split_with_sizes(&sizes, 0);
+        let mut pairs = weight.into_iter().zip(bias);
         FusedWeights {
-            weight: Tensor::cat(&weights, 0),
-            bias: Tensor::cat(&biases, 0),
+            projection: (0..layers)
+                .map(|_| pairs.by_ref().take(widths.len()).collect())
+                .collect(),
             att: Tensor::stack(&att, 0).view([layers, types, h]),
             // [layer, relation, direction, key|value, h, ew]
             //   → [layer, key|value, relation, ew, direction · h]
@@ -1153,20 +1239,11 @@ impl HybridFraudNet {
         let heads = self.config.heads as i64;
         let dh = h / heads;
         let e = edges.count;
-        // Where layer l's slots start in the fused weights.
-        let per_layer: i64 = self.layout.slots.iter().map(|s| s.len() as i64).sum();
-        let mut start = l as i64 * per_layer * h;
         let projected: Vec<Tensor> = x
             .split_with_sizes(&plan.rows, 0)
             .iter()
-            .zip(&self.layout.slots)
-            .map(|(xt, slots)| {
-                let width = slots.len() as i64 * h;
-                let w = fused.weight.narrow(0, start, width);
-                let b = fused.bias.narrow(0, start, width);
-                start += width;
-                xt.linear(&w, Some(&b)).view([-1, h])
-            })
+            .zip(&fused.projection[l])
+            .map(|(xt, (w, b))| xt.linear(w, Some(b)).view([-1, h]))
             .collect();
         let table = Tensor::cat(&projected, 0);
         drop(projected);
@@ -1175,7 +1252,7 @@ impl HybridFraudNet {
         // soon as they are used.
         let score = {
             let k = table.index_select(0, &edges.key);
-            self.add_edge_terms(&k, fused, l, 0, edges, b);
+            self.add_edge_terms(&k, fused, l, 0, b);
             let mut z = table.index_select(0, &edges.query);
             z += k;
             let z = z.maximum(&(&z * self.config.negative_slope)); // LeakyReLU
@@ -1188,7 +1265,7 @@ impl HybridFraudNet {
         let msg = {
             let v = table.index_select(0, &edges.value);
             drop(table);
-            self.add_edge_terms(&v, fused, l, 1, edges, b);
+            self.add_edge_terms(&v, fused, l, 1, b);
             (v.view([2 * e, heads, dh]) * alpha).view([2 * e, h])
         };
         Tensor::zeros([plan.nodes, h], (x.kind(), x.device())).index_add(0, &edges.dst, &msg)

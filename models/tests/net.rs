@@ -350,3 +350,47 @@ fn reduced_precision_predictions_follow_f32() {
         set_precision(&mut vs, Precision::F32);
     }
 }
+
+#[test]
+fn predict_follows_parameter_changes_made_between_calls() {
+    // predict keeps the fused pass's concatenated weights between calls; an optimizer
+    // step (an in-place write) must be seen by the next call, as it is by forward_t.
+    let batch = synthetic_batch(4, 6, 3);
+    let bt = BatchTensors::from_batch(&batch, Device::Cpu).unwrap();
+    let (vs, net) = model(8, &tiny());
+    let fresh = |net: &HybridFraudNet| {
+        let _no_grad = tch::no_grad_guard();
+        net.forward_fused(&bt, false).unwrap().sigmoid()
+    };
+    let before = net.predict(&bt).unwrap();
+    assert_eq!(
+        f64::try_from((&before - fresh(&net)).abs().max()).unwrap(),
+        0.0
+    );
+    assert_eq!(
+        f64::try_from((&net.predict(&bt).unwrap() - &before).abs().max()).unwrap(),
+        0.0,
+        "a second call with unchanged parameters gives the same scores"
+    );
+
+    let mut opt = nn::AdamW::default().build(&vs, 1e-2).unwrap();
+    let loss = net
+        .forward_t(&bt, false)
+        .unwrap()
+        .binary_cross_entropy_with_logits::<Tensor>(
+            &Tensor::ones([4], (Kind::Float, Device::Cpu)),
+            None,
+            None,
+            Reduction::Mean,
+        );
+    opt.backward_step(&loss);
+
+    let after = net.predict(&bt).unwrap();
+    let moved = f64::try_from((&after - &before).abs().max()).unwrap();
+    assert!(moved > 1e-6, "the step changed no score ({moved})");
+    assert_eq!(
+        f64::try_from((&after - fresh(&net)).abs().max()).unwrap(),
+        0.0,
+        "predict after the step equals a pass over freshly concatenated weights"
+    );
+}
