@@ -37,7 +37,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dataset::Split;
 use crate::gbdt::{Gbdt, GbdtError, tabular_features, tabular_width};
-use crate::net::{HybridFraudNet, NetConfig, NetError};
+use crate::net::{HybridFraudNet, NetConfig, NetError, Precision, set_precision};
 use crate::runtime;
 use crate::tensors::BatchTensors;
 
@@ -876,6 +876,17 @@ impl Artifact {
     /// The device the GNN runs on.
     pub fn device(&self) -> Device {
         self.net.device()
+    }
+
+    /// Runs the GNN in `precision` from now on (see [`set_precision`]): half precision
+    /// is meant for inference on CUDA; on the CPU it works but is slower than f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        set_precision(&mut self.vs, precision);
+    }
+
+    /// The precision the GNN runs in.
+    pub fn precision(&self) -> Precision {
+        Precision::of(self.net.kind())
     }
 }
 

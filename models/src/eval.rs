@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::artifact::{Artifact, ArtifactError, score_gbdt, score_gnn};
 use crate::dataset::{self, DatasetError, LabelledStream, Period, ReplayProgress, SplitTimes};
 use crate::metrics::{MetricError, Metrics, pr_curve, roc_curve};
+use crate::net::Precision;
 use crate::plots::{self, PlotError};
 
 /// Subgraphs scored together.
@@ -131,6 +132,10 @@ pub struct EvalReport {
     pub gnn_seconds: f64,
     /// Seconds spent in GBDT scoring (tabular rows and prediction).
     pub gbdt_seconds: f64,
+    /// The precision the GNN ran in.
+    pub gnn_precision: Precision,
+    /// Where the GNN ran, in words (`cpu`, `cuda:0`).
+    pub gnn_device: String,
 }
 
 /// Scores and labels of the test transactions, in replay order.
@@ -261,6 +266,8 @@ pub fn evaluate(
         seconds: started.elapsed().as_secs_f64(),
         gnn_seconds: scored.gnn_seconds,
         gbdt_seconds: scored.gbdt_seconds,
+        gnn_precision: artifact.precision(),
+        gnn_device: device_name(artifact.device()),
     };
 
     std::fs::create_dir_all(report_dir).map_err(|source| EvalError::Io {
@@ -388,6 +395,14 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 /// The Markdown report.
+/// A device in words: `cpu`, `cuda:0`.
+fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 fn markdown(artifact: &Artifact, r: &EvalReport, notes: &[String]) -> String {
     let m = &artifact.manifest;
     let mut s = String::new();
@@ -423,6 +438,12 @@ fn markdown(artifact: &Artifact, r: &EvalReport, notes: &[String]) -> String {
         s,
         "- Thresholds (chosen on validation): GNN {:.4}, GBDT {:.4}.",
         m.thresholds.gnn, m.thresholds.gbdt
+    );
+    let _ = writeln!(
+        s,
+        "- The GNN ran on {} in {}.",
+        r.gnn_device,
+        r.gnn_precision.name()
     );
     let _ = writeln!(
         s,

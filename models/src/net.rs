@@ -185,6 +185,24 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The precision of parameters of `kind`; f32 for any kind other than the two halves.
+    pub fn of(kind: Kind) -> Precision {
+        match kind {
+            Kind::Half => Precision::F16,
+            Kind::BFloat16 => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
+
+    /// Its lowercase name, as configurations and reports spell it (`f32`, `f16`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
     /// The libtorch kind of this precision.
     pub fn kind(self) -> Kind {
         match self {
@@ -661,7 +679,9 @@ impl HybridFraudNet {
             }
             self.forward_fused_with(batch, false, cache.as_ref().map(|c| &c.weights))
         })?;
-        Ok(logits.sigmoid().to_kind(Kind::Float))
+        // The sigmoid in f32: in half precision, scores near 0 or 1 would round into ties
+        // (bf16 keeps 8 significant bits), and a ranking of fraud scores lives up there.
+        Ok(logits.to_kind(Kind::Float).sigmoid())
     }
 
     /// The address and version of every parameter [`HybridFraudNet::fused_weights`]

@@ -10,6 +10,7 @@ use std::cell::Cell;
 use fraudgraph_models::artifact::Artifact;
 use fraudgraph_models::dataset::{Period, typology_name};
 use fraudgraph_models::eval::{EvalMetrics, evaluate};
+use fraudgraph_models::net::Precision;
 use tch::Device;
 
 use support::{fixture, save_tiny};
@@ -145,5 +146,35 @@ fn a_stream_without_a_test_period_is_a_clear_error() {
         err.to_string()
             .contains("no transactions in the test period"),
         "{err}"
+    );
+}
+
+#[test]
+fn half_precision_evaluation_says_so_and_stays_close_to_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save_tiny(&dir);
+    let stream = &fixture().stream;
+    let mut artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let full = evaluate(&artifact, stream, &tmp.path().join("f32"), &|_| {}).unwrap();
+    assert_eq!(full.gnn_precision, Precision::F32);
+
+    artifact.set_precision(Precision::Bf16);
+    let half = evaluate(&artifact, stream, &tmp.path().join("bf16"), &|_| {}).unwrap();
+    assert_eq!(half.gnn_precision, Precision::Bf16);
+    assert_eq!(half.gnn_device, "cpu");
+    let md = std::fs::read_to_string(tmp.path().join("bf16/report.md")).unwrap();
+    assert!(md.contains("The GNN ran on cpu in bf16."), "{md}");
+
+    // The GBDT does not change; the GNN's ranking barely does.
+    assert_eq!(half.metrics.gbdt, full.metrics.gbdt);
+    let (h, f) = (
+        half.metrics.gnn.overall.roc_auc.unwrap(),
+        full.metrics.gnn.overall.roc_auc.unwrap(),
+    );
+    assert!((h - f).abs() < 0.02, "ROC-AUC bf16 {h} vs f32 {f}");
+    assert_ne!(
+        half.metrics.gnn, full.metrics.gnn,
+        "bf16 scores differ from f32 ones at least somewhere"
     );
 }

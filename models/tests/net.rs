@@ -394,3 +394,36 @@ fn predict_follows_parameter_changes_made_between_calls() {
         "predict after the step equals a pass over freshly concatenated weights"
     );
 }
+
+#[test]
+fn half_precision_scores_near_one_keep_their_order() {
+    // Fraud rankings live near 1, where bf16 keeps one value per 2^-8: a sigmoid taken
+    // in half precision would collapse them into ties. Shift every logit up by 8.
+    let batch = synthetic_batch(8, 6, 5);
+    let bt = BatchTensors::from_batch(&batch, Device::Cpu).unwrap();
+    let (mut vs, net) = model(9, &tiny());
+    tch::no_grad(|| {
+        let mut bias = vs.variables()["fusion.out.bias"].shallow_clone();
+        let _ = bias.fill_(8.0);
+    });
+    let distinct = |t: &Tensor| {
+        let mut v = Vec::<f32>::try_from(t).unwrap();
+        v.sort_by(f32::total_cmp);
+        v.dedup();
+        v.len()
+    };
+    let full = net.predict(&bt).unwrap();
+    assert!(
+        f64::try_from(full.min()).unwrap() > 0.99,
+        "the shift puts every score near 1"
+    );
+    assert_eq!(distinct(&full), 8);
+    set_precision(&mut vs, Precision::Bf16);
+    let half = net.predict(&bt).unwrap();
+    assert!(
+        distinct(&half) >= 6,
+        "bf16 scores {:?} tie where f32 ones {:?} do not",
+        Vec::<f32>::try_from(&half).unwrap(),
+        Vec::<f32>::try_from(&full).unwrap()
+    );
+}

@@ -27,6 +27,9 @@ pub struct ServeConfig {
     pub artifact: Option<PathBuf>,
     /// Where the GNN runs: `auto` (CUDA when present), `cpu` or `cuda`.
     pub device: String,
+    /// The GNN's precision: `f32`, or `f16` / `bf16` for half-precision inference on
+    /// CUDA (their accuracy cost is in docs/MODELS.md; on the CPU they run, slower).
+    pub precision: String,
     /// Without Kafka and without a snapshot, the graph is warmed with this many simulated
     /// transactions (the first ones of the simulation below) before the service reports
     /// SERVING.
@@ -59,6 +62,7 @@ impl Default for ServeConfig {
             metrics_listen: "127.0.0.1:9100".parse().expect("valid address"),
             artifact: None,
             device: "auto".into(),
+            precision: "f32".into(),
             warm_transactions: 200_000,
             sim_transactions: 250_000,
             sim_seed: 1,
@@ -244,6 +248,9 @@ pub struct ServeArgs {
     /// auto, cpu or cuda.
     #[arg(long, env = "FRAUDGRAPH_DEVICE")]
     pub device: Option<String>,
+    /// The GNN's precision: f32, f16 or bf16 (half precision is meant for CUDA).
+    #[arg(long, env = "FRAUDGRAPH_PRECISION")]
+    pub precision: Option<String>,
     /// Kafka brokers (host:port,...); consumes the transaction stream instead of warming
     /// the graph from simulation.
     #[arg(long, env = "FRAUDGRAPH_KAFKA_BROKERS")]
@@ -311,6 +318,7 @@ impl ServeConfig {
         set!(listen => listen);
         set!(metrics_listen => metrics_listen);
         set!(device => device);
+        set!(precision => precision);
         set!(kafka_brokers => kafka.brokers);
         set!(kafka_group_id => kafka.group_id);
         set!(score_on_ingest => kafka.score_on_ingest);
@@ -350,6 +358,11 @@ impl ServeConfig {
             matches!(self.device.as_str(), "auto" | "cpu" | "cuda"),
             "device",
             "must be auto, cpu or cuda",
+        )?;
+        check(
+            matches!(self.precision.as_str(), "f32" | "f16" | "bf16"),
+            "precision",
+            "must be f32, f16 or bf16",
         )?;
         check(
             p.sampler_threads >= 1,
@@ -448,5 +461,23 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{err:#}").contains("max_btch"), "{err:#}");
+    }
+
+    #[test]
+    fn precision_is_one_of_the_three_kinds() {
+        let with = |p: &str| {
+            ServeConfig::load(&ServeArgs {
+                precision: Some(p.to_owned()),
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(ServeConfig::default().precision, "f32");
+        assert_eq!(with("bf16").unwrap().precision, "bf16");
+        let err = with("f64").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("precision: must be f32, f16 or bf16"),
+            "{err}"
+        );
     }
 }

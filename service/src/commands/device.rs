@@ -1,7 +1,9 @@
-//! `--device`: where libtorch runs, shared by the commands that run the GNN.
+//! `--device` and `--precision`: where and in what precision libtorch runs the GNN,
+//! shared by the commands that run it.
 
 use anyhow::bail;
 use clap::ValueEnum;
+use fraudgraph_models::net::Precision;
 use tch::Device;
 
 /// Where the GNN runs.
@@ -28,5 +30,27 @@ impl DeviceChoice {
                 Device::Cuda(0)
             }
         })
+    }
+}
+
+/// The GNN's numeric precision.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PrecisionChoice {
+    /// 32-bit floats, as trained.
+    F32,
+    /// IEEE half precision (meant for CUDA).
+    F16,
+    /// bfloat16 (meant for CUDA).
+    Bf16,
+}
+
+impl PrecisionChoice {
+    /// The model's precision.
+    pub fn precision(self) -> Precision {
+        match self {
+            PrecisionChoice::F32 => Precision::F32,
+            PrecisionChoice::F16 => Precision::F16,
+            PrecisionChoice::Bf16 => Precision::Bf16,
+        }
     }
 }

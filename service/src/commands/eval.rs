@@ -15,7 +15,7 @@ use fraudgraph_models::eval::{self, EvalReport, METRICS_FILE, REPORT_FILE};
 use fraudgraph_models::metrics::Metrics;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::device::DeviceChoice;
+use super::device::{DeviceChoice, PrecisionChoice};
 
 /// Arguments of `fraudgraph eval`.
 #[derive(Args)]
@@ -33,17 +33,23 @@ pub struct EvalArgs {
     /// Where the GNN runs.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// The GNN's precision: f16 and bf16 measure what half-precision inference costs in
+    /// accuracy (meant for CUDA; on the CPU they run, slower than f32).
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    precision: PrecisionChoice,
 }
 
 /// Runs the subcommand.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let device = args.device.resolve()?;
-    let artifact = Artifact::load(&args.artifact, device)
+    let mut artifact = Artifact::load(&args.artifact, device)
         .with_context(|| format!("loading the artifact {}", args.artifact.display()))?;
+    artifact.set_precision(args.precision.precision());
     tracing::info!(
         artifact = %args.artifact.display(),
         ?device,
+        precision = artifact.precision().name(),
         feature_schema = %artifact.manifest.feature_schema_hash,
         "eval: artifact loaded"
     );
@@ -95,9 +101,12 @@ fn fmt(v: Option<f64>) -> String {
 
 fn print_summary(args: &EvalArgs, r: &EvalReport, seconds: f64) {
     println!(
-        "evaluated {} on {}: {} test transactions, {} fraud ({:.2}%), {} .. {}, in {seconds:.1} s",
+        "evaluated {} on {} (GNN on {} in {}): {} test transactions, {} fraud ({:.2}%), {} .. {}, \
+         in {seconds:.1} s",
         args.artifact.display(),
         args.data.display(),
+        r.gnn_device,
+        r.gnn_precision.name(),
         r.transactions,
         r.fraud,
         100.0 * r.fraud as f64 / r.transactions.max(1) as f64,

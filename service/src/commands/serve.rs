@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fraudgraph_models::artifact::{Artifact, GBDT_FILE, MANIFEST_FILE, WEIGHTS_FILE};
+use fraudgraph_models::net::Precision;
 use fraudgraph_proto::v1::fraud_scoring_server::FraudScoringServer;
 use fraudgraph_proto::v1::stream_record::Record;
 use fraudgraph_proto::v1::{ModelInfo, ModelKind, Transaction};
@@ -27,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 
-use super::device::DeviceChoice;
+use super::device::{DeviceChoice, PrecisionChoice};
 use crate::config::{ServeArgs, ServeConfig};
 use crate::ingest::{DecisionProducer, Ingest};
 use crate::labels::LabelBook;
@@ -82,6 +83,15 @@ fn device_choice(name: &str) -> DeviceChoice {
     }
 }
 
+/// `config.precision`, already validated.
+fn precision_choice(name: &str) -> PrecisionChoice {
+    match name {
+        "f16" => PrecisionChoice::F16,
+        "bf16" => PrecisionChoice::Bf16,
+        _ => PrecisionChoice::F32,
+    }
+}
+
 fn device_name(device: tch::Device) -> String {
     match device {
         tch::Device::Cuda(i) => format!("cuda:{i}"),
@@ -133,11 +143,20 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         None => embedded_artifact_dir()?,
     };
     let device = device_choice(&config.device).resolve()?;
+    let precision = precision_choice(&config.precision).precision();
+    if device == tch::Device::Cpu && precision != Precision::F32 {
+        tracing::warn!(
+            precision = precision.name(),
+            "half precision on the CPU: it runs, but slower than f32; it is meant for CUDA"
+        );
+    }
     let artifact = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || {
-            Artifact::load(&dir, device)
-                .with_context(|| format!("loading the model artifact {}", dir.display()))
+            let mut artifact = Artifact::load(&dir, device)
+                .with_context(|| format!("loading the model artifact {}", dir.display()))?;
+            artifact.set_precision(precision);
+            anyhow::Ok(artifact)
         })
         .await??
     };
@@ -161,7 +180,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION"), &device_label, &version])
         .set(1);
-    tracing::info!(artifact = %dir.display(), version = %version, device = %device_label, "model loaded");
+    tracing::info!(
+        artifact = %dir.display(),
+        version = %version,
+        device = %device_label,
+        precision = precision.name(),
+        "model loaded"
+    );
 
     // The graph.
     let graph_config = artifact.graph_config();
