@@ -606,3 +606,46 @@ fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<
     }
     b.sub.sequence_len = seq.len();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_recent_keeps_the_newest_in_their_canonical_order() {
+        // Ties on last sighting (broken by relation, side, then neighbour) and a spread
+        // of times, in a scrambled storage order.
+        let mut rng = SplitMix(42);
+        let mut draw = |n: u64| (rng.next_f64() * n as f64) as u32;
+        let all: Vec<(Relation, Side, EdgeView)> = (0..60)
+            .map(|_| {
+                let relation = Relation::ALL[draw(Relation::ALL.len() as u64) as usize];
+                let side = if draw(2) == 0 { Side::Out } else { Side::In };
+                let view = EdgeView {
+                    nbr: NodeRef(draw(8)),
+                    first_s: 0,
+                    last_s: 1_000 + draw(6) * 1_000_000,
+                    count: 1,
+                    amount: 1.0,
+                };
+                (relation, side, view)
+            })
+            .collect();
+        // Written out again here, so that a change to the order in `choose` fails.
+        let explicit = |a: &(Relation, Side, EdgeView), b: &(Relation, Side, EdgeView)| {
+            b.2.last_s
+                .cmp(&a.2.last_s)
+                .then(a.0.cmp(&b.0))
+                .then((a.1 == Side::In).cmp(&(b.1 == Side::In)))
+                .then(a.2.nbr.cmp(&b.2.nbr))
+        };
+        for k in [1, 5, 20, 60, 100] {
+            let mut chosen = all.clone();
+            choose(&mut chosen, k, Strategy::MostRecent, &mut SplitMix(0));
+            let mut want = all.clone();
+            want.sort_by(explicit);
+            want.truncate(k);
+            assert_eq!(chosen, want, "k = {k}");
+        }
+    }
+}
