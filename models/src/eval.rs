@@ -32,6 +32,7 @@ use crate::dataset::{self, DatasetError, LabelledStream, Period, ReplayProgress,
 use crate::metrics::{MetricError, Metrics, pr_curve, roc_curve};
 use crate::net::Precision;
 use crate::plots::{self, PlotError};
+use crate::runtime;
 
 /// Subgraphs scored together.
 pub const EVAL_BATCH: usize = 256;
@@ -267,7 +268,7 @@ pub fn evaluate(
         gnn_seconds: scored.gnn_seconds,
         gbdt_seconds: scored.gbdt_seconds,
         gnn_precision: artifact.precision(),
-        gnn_device: device_name(artifact.device()),
+        gnn_device: runtime::device_name(artifact.device()),
     };
 
     std::fs::create_dir_all(report_dir).map_err(|source| EvalError::Io {
@@ -395,14 +396,6 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 /// The Markdown report.
-/// A device in words: `cpu`, `cuda:0`.
-fn device_name(device: tch::Device) -> String {
-    match device {
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 fn markdown(artifact: &Artifact, r: &EvalReport, notes: &[String]) -> String {
     let m = &artifact.manifest;
     let mut s = String::new();

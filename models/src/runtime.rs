@@ -131,6 +131,14 @@ pub fn torch_runtime() -> TorchRuntime {
     }
 }
 
+/// A device in words, as logs, metrics and reports print it: `cpu`, `cuda:0`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// A small real computation on `device`: a 64×64 double-precision matrix product,
 /// `arange(4096).reshape(64, 64) @ ones(64, 64)`, summed.
 ///

@@ -92,13 +92,6 @@ fn precision_choice(name: &str) -> PrecisionChoice {
     }
 }
 
-fn device_name(device: tch::Device) -> String {
-    match device {
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".to_owned(),
-    }
-}
-
 /// The artifact's version as answers report it: the fraudgraph version that trained it and
 /// the first 12 hex digits of its weights' SHA-256.
 pub(crate) fn model_version(artifact: &Artifact) -> String {
@@ -175,7 +168,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             loaded: true,
         },
     ];
-    let device_label = device_name(device);
+    let device_label = fraudgraph_models::runtime::device_name(device);
     metrics
         .build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION"), &device_label, &version])
