@@ -379,6 +379,8 @@ struct Plan {
 struct EdgePlan {
     /// Stacked edges `E`; there are `2E` flat edges.
     count: i64,
+    /// Per relation: its first stacked edge.
+    offsets: Vec<i64>,
     /// `[2E]`: the [`Layout`] table row of each flat edge's destination query.
     query: Tensor,
     /// `[2E]`: the table row of each flat edge's source key.
@@ -1004,18 +1006,17 @@ impl HybridFraudNet {
     }
 
     fn forward_fused_unchecked(&self, b: &BatchTensors, train: bool) -> Tensor {
-        let has_edges = b.edge_index.iter().any(|e| e.size()[1] > 0);
-        let fused = has_edges.then(|| self.fused_weights());
-        self.forward_fused_with(b, train, fused.as_ref())
+        self.forward_fused_with(b, train, None)
     }
 
-    /// The fused pass with `fused` as its weights, which must be the parameters' own
-    /// ([`HybridFraudNet::fused_weights`]) when the batch has edges.
+    /// The fused pass with `cached` as its weights, which must be the parameters' own
+    /// ([`HybridFraudNet::fused_weights`]); `None` concatenates them afresh when the
+    /// batch has edges.
     fn forward_fused_with(
         &self,
         b: &BatchTensors,
         train: bool,
-        fused: Option<&FusedWeights>,
+        cached: Option<&FusedWeights>,
     ) -> Tensor {
         if self.device() == Device::Cpu {
             keep_freed_memory();
@@ -1037,6 +1038,11 @@ impl HybridFraudNet {
         };
         // The skip connection of the target account's own encoded features.
         let own_account = x.index_select(0, &target);
+        let fresh = match (&plan.edges, cached) {
+            (Some(_), None) => Some(self.fused_weights()),
+            _ => None,
+        };
+        let fused = cached.or(fresh.as_ref());
         for (l, layer) in self.layers.iter().enumerate() {
             let mean = match (&plan.edges, fused) {
                 (Some(edges), Some(fused)) => {
@@ -1138,6 +1144,7 @@ impl HybridFraudNet {
             offsets: node_offsets,
             edges: Some(EdgePlan {
                 count: total,
+                offsets: offsets(counts.iter().copied()),
                 group: ((group * heads).unsqueeze(1)
                     + Tensor::arange(heads, (Kind::Int64, opts.1)))
                 .view([-1]),
@@ -1162,12 +1169,12 @@ impl HybridFraudNet {
         fused: &FusedWeights,
         l: usize,
         part: usize,
+        edges: &EdgePlan,
         b: &BatchTensors,
     ) {
         let h = self.config.hidden as i64;
         // [E, direction · hidden]: the two flat edges of a stacked edge side by side.
         let rows = t.view([-1, 2 * h]);
-        let mut start = 0;
         for r in Relation::ALL {
             let n = b.edges(r);
             if n == 0 {
@@ -1175,9 +1182,8 @@ impl HybridFraudNet {
             }
             let weight = &fused.edge[(l * 2 + part) * Relation::ALL.len() + r.index()];
             let _ = rows
-                .narrow(0, start, n)
+                .narrow(0, edges.offsets[r.index()], n)
                 .addmm_(&b.edge_features[r.index()], weight);
-            start += n;
         }
     }
 
@@ -1272,7 +1278,7 @@ impl HybridFraudNet {
         // soon as they are used.
         let score = {
             let k = table.index_select(0, &edges.key);
-            self.add_edge_terms(&k, fused, l, 0, b);
+            self.add_edge_terms(&k, fused, l, 0, edges, b);
             let mut z = table.index_select(0, &edges.query);
             z += k;
             let z = z.maximum(&(&z * self.config.negative_slope)); // LeakyReLU
@@ -1285,7 +1291,7 @@ impl HybridFraudNet {
         let msg = {
             let v = table.index_select(0, &edges.value);
             drop(table);
-            self.add_edge_terms(&v, fused, l, 1, b);
+            self.add_edge_terms(&v, fused, l, 1, edges, b);
             (v.view([2 * e, heads, dh]) * alpha).view([2 * e, h])
         };
         Tensor::zeros([plan.nodes, h], (x.kind(), x.device())).index_add(0, &edges.dst, &msg)
