@@ -27,7 +27,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 
 use crate::graph::{
-    Aggregates, Dedupe, Edge, Graph, GraphConfig, Node, NodeRef, SHARDS, SeqItem, Shard,
+    Aggregates, Dedupe, Edge, Graph, GraphConfig, MAX_PORTS, Node, NodeRef, SHARDS, SeqItem, Shard,
+    ports,
 };
 use crate::schema::NodeType;
 
@@ -213,7 +214,8 @@ fn decode_config(d: &mut Dec<'_>) -> Result<GraphConfig, String> {
     })
 }
 
-fn encode_node(e: &mut Enc, n: &Node) {
+/// Writes a node of a type with `port_count` relation sides (its other lists are empty).
+fn encode_node(e: &mut Enc, n: &Node, port_count: usize) {
     e.str(&n.key);
     e.i64(n.first_ms);
     e.agg(&n.agg);
@@ -222,8 +224,8 @@ fn encode_node(e: &mut Enc, n: &Node) {
     for a in &n.history {
         e.agg(a);
     }
-    e.u32(n.ports.len() as u32);
-    for list in n.ports.iter() {
+    e.u32(port_count as u32);
+    for list in &n.ports[..port_count] {
         e.u32(list.len() as u32);
         for x in list {
             e.u32(x.nbr.0);
@@ -256,8 +258,13 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
         .map(|_| d.agg())
         .collect::<Result<_, _>>()?;
     let n_ports = d.len("port")?;
-    let mut ports = Vec::with_capacity(n_ports);
-    for _ in 0..n_ports {
+    if n_ports > MAX_PORTS {
+        return Err(format!(
+            "a node has {n_ports} relation sides, at most {MAX_PORTS} exist"
+        ));
+    }
+    let mut ports: [Vec<Edge>; MAX_PORTS] = Default::default();
+    for port in ports.iter_mut().take(n_ports) {
         let n = d.len("edge")?;
         let mut list = Vec::with_capacity(n);
         for _ in 0..n {
@@ -271,7 +278,7 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
                 last_amount: d.f32()?,
             });
         }
-        ports.push(list);
+        *port = list;
     }
     let n_seq = d.len("sequence")?;
     let mut sequence = VecDeque::with_capacity(n_seq);
@@ -292,7 +299,7 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
         agg,
         prev,
         history,
-        ports: ports.into_boxed_slice(),
+        ports,
         sequence,
     })
 }
@@ -323,7 +330,7 @@ impl Graph {
                 let g = shard.read();
                 e.u32(g.nodes.len() as u32);
                 for n in &g.nodes {
-                    encode_node(&mut e, n);
+                    encode_node(&mut e, n, ports(t).len());
                 }
                 e.u32(g.free.len() as u32);
                 for slot in &g.free {
