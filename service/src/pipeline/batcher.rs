@@ -1,7 +1,8 @@
-//! The batcher thread: collects queued subgraphs into batches (at most `max_batch`, waiting
-//! at most `max_wait` after the first), collates each into a free staging buffer and hands
-//! it to the inference thread. It blocks for a free buffer, so the number of buffers is the
-//! number of batches in flight: 2 overlaps collation with inference, 1 alternates.
+//! The batcher thread: collects queued subgraphs into batches (at most `max_batch`; while
+//! the inference thread is busy, waiting at most `max_wait` after the first for more; while
+//! it is idle, not at all), collates each into a free staging buffer and hands it to the
+//! inference thread. It blocks for a free buffer, so the number of buffers is the number of
+//! batches in flight: 2 overlaps collation with inference, 1 alternates.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,9 @@ pub(super) struct Staged {
 pub(super) struct Batcher {
     pub(super) items: Receiver<InferItem>,
     pub(super) free: Receiver<StagingBuffer>,
+    /// How many staging buffers circulate: when all of them are back in `free`, the
+    /// inference thread has nothing to do.
+    pub(super) buffers: usize,
     pub(super) staged: Sender<Staged>,
     pub(super) max_batch: usize,
     pub(super) max_wait: Duration,
@@ -59,8 +63,13 @@ impl Batcher {
         let mut spare: Option<StagingBuffer> = None;
         while let Ok(first) = self.items.recv() {
             pending.push(first);
+            // An idle inference thread (every buffer back in the pool) would only sit and
+            // wait with the batch: it goes at once, with whatever has queued already. A
+            // busy one cannot start it before the batch in hand is done, so more requests
+            // may join for up to `max_wait`.
+            let idle = self.free.len() + usize::from(spare.is_some()) >= self.buffers;
             let until = Instant::now() + self.max_wait;
-            while pending.len() < self.max_batch {
+            while !idle && pending.len() < self.max_batch {
                 match self.items.recv_deadline(until) {
                     Ok(item) => pending.push(item),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
@@ -154,6 +163,7 @@ mod tests {
         let batcher = Batcher {
             items: items_rx,
             free: free_rx,
+            buffers: 1,
             staged: staged_tx,
             max_batch: 64,
             max_wait: Duration::from_millis(1),
@@ -182,6 +192,52 @@ mod tests {
         assert_eq!(staged.waiters.len(), 10, "the backlog joined the batch");
         assert_eq!(staged.tensors.expect("collated").size, 10);
         drop(items_tx);
+        drop(staged_rx);
+        thread.join().unwrap();
+    }
+
+    /// A request that finds the inference thread idle is not held back waiting for others
+    /// to share its batch: the batch goes at once, whatever `max_wait` says.
+    #[test]
+    fn an_idle_inference_thread_gets_its_batch_without_the_wait() {
+        let graph = Graph::new(GraphConfig::default());
+        let (items_tx, items_rx) = crossbeam_channel::bounded(64);
+        let (free_tx, free_rx) = crossbeam_channel::bounded(2);
+        let (staged_tx, staged_rx) = crossbeam_channel::bounded(2);
+        for _ in 0..2 {
+            free_tx.send(StagingBuffer::default()).unwrap();
+        }
+        let batcher = Batcher {
+            items: items_rx,
+            free: free_rx,
+            buffers: 2,
+            staged: staged_tx,
+            max_batch: 64,
+            max_wait: Duration::from_secs(30),
+            max_sequence: 32,
+            device: Device::Cpu,
+            metrics: Arc::new(Metrics::new()),
+        };
+        let thread = std::thread::spawn(move || batcher.run());
+        let (first, _rx) = item(&graph, 0);
+        items_tx.send(first).unwrap();
+        let staged = staged_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("staged long before max_wait");
+        assert_eq!(staged.waiters.len(), 1);
+        // With a batch in flight (one buffer out), the next request waits for company:
+        // nothing is staged before max_wait (30 s) unless more requests fill the batch.
+        let (second, _rx2) = item(&graph, 1);
+        items_tx.send(second).unwrap();
+        assert!(
+            staged_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a busy inference thread's next batch waits for more requests"
+        );
+        drop(items_tx);
+        let staged = staged_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("closing the queue flushes the batch");
+        assert_eq!(staged.waiters.len(), 1);
         drop(staged_rx);
         thread.join().unwrap();
     }

@@ -191,6 +191,7 @@ impl Pipeline {
         let b = batcher::Batcher {
             items: infer_rx,
             free: free_rx,
+            buffers: config.buffers,
             staged: staged_tx,
             max_batch: config.max_batch,
             max_wait: Duration::from_micros(config.max_batch_wait_us),
