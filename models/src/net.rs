@@ -1056,17 +1056,14 @@ impl HybridFraudNet {
         self.head(readout, b, train)
     }
 
-    /// The batch's [`Plan`]: index arithmetic over all relations at once, with the
-    /// per-(relation, direction) constants built on the host from the shapes alone.
+    /// The batch's [`Plan`], worked out on the host: the edge index (copied from the device
+    /// when it is not on the CPU) goes through a few integer loops, and every index the
+    /// pass needs is uploaded once.
     fn plan(&self, b: &BatchTensors, opts: (Kind, Device)) -> Plan {
         let lay = &self.layout;
         let rows: Vec<i64> = b.node_graph.iter().map(|g| g.size()[0]).collect();
         let nodes: i64 = rows.iter().sum();
         let node_offsets = offsets(rows.iter().copied());
-        let slots: Vec<i64> = lay.slots.iter().map(|s| s.len() as i64).collect();
-        let base = offsets(rows.iter().zip(&slots).map(|(n, c)| n * c));
-        let group_base = offsets(rows.iter().zip(&lay.queries).map(|(n, q)| n * q));
-        let groups: i64 = rows.iter().zip(&lay.queries).map(|(n, q)| n * q).sum();
         let counts: Vec<i64> = b.edge_index.iter().map(|e| e.size()[1]).collect();
         let total: i64 = counts.iter().sum();
         if total == 0 {
@@ -1078,66 +1075,57 @@ impl HybridFraudNet {
                 reach: Tensor::ones([nodes, 1], opts),
             };
         }
-
-        // Per flat edge: (query row multiplier, query table offset, source row multiplier,
-        // key table offset, group multiplier, group offset, destination offset, message
-        // type); a flat edge's query and group come from its destination row, its key
-        // and value from its source row.
-        const COEFS: usize = 8;
-        let flat = 2 * total as usize;
-        let mut coef = vec![0i64; COEFS * flat];
-        let mut j = 0;
-        for (r, &e) in counts.iter().enumerate() {
-            let per_direction = [0, 1].map(|d| {
-                let m = 2 * r + d;
-                let (src, dst) = lay.ends[m];
-                [
-                    slots[dst],
-                    base[dst] + lay.query_slot[m],
-                    slots[src],
-                    base[src] + lay.key_slot[m],
-                    lay.queries[dst],
-                    group_base[dst] + lay.query_slot[m],
-                    node_offsets[dst],
-                    m as i64,
-                ]
-            });
-            for _ in 0..e {
-                for c in &per_direction {
-                    for (i, v) in c.iter().enumerate() {
-                        coef[i * flat + j] = *v;
-                    }
-                    j += 1;
-                }
-            }
-        }
-        let coef = Tensor::from_slice(&coef)
-            .view([COEFS as i64, flat as i64])
-            .to_device(opts.1);
-        // [E, 2] (source row, destination row) of each stacked edge: the rows a flat edge
-        // reads its key (and value) and its query from, forward; the other way round in
-        // reverse.
-        let pairs = Tensor::cat(&b.edge_index, 1).transpose(0, 1).contiguous();
-        let dst_row = pairs.flip([1]).view([-1]);
-        let src_row = pairs.view([-1]);
-        let query = &dst_row * coef.get(0) + coef.get(1);
-        let key = &src_row * coef.get(2) + coef.get(3);
-        let value = &key + 1;
-        let group = &dst_row * coef.get(4) + coef.get(5);
-        let dst = &dst_row + coef.get(6);
-        let message = coef.get(7);
-
-        // A node's reach: how many message types have an edge into it.
-        let types = lay.ends.len() as i64;
-        let mut hits = Tensor::zeros([nodes * types], opts);
-        let _ = hits.index_fill_(0, &(&dst * types + &message), 1.0);
-        let reach = hits
-            .view([nodes, types])
-            .sum_dim_intlist(1, true, None::<Kind>)
-            .clamp_min(1.0)
-            .reciprocal();
+        let slots: Vec<i64> = lay.slots.iter().map(|s| s.len() as i64).collect();
+        let base = offsets(rows.iter().zip(&slots).map(|(n, c)| n * c));
+        let group_base = offsets(rows.iter().zip(&lay.queries).map(|(n, q)| n * q));
+        let groups: i64 = rows.iter().zip(&lay.queries).map(|(n, q)| n * q).sum();
+        // [2, E]: the source rows of every stacked edge, then their destination rows.
+        let pairs = Vec::<i64>::try_from(
+            &Tensor::cat(&b.edge_index, 1)
+                .view([-1])
+                .to_device(Device::Cpu),
+        )
+        .unwrap_or_else(|e| unreachable!("edge indices are int64 ({e})"));
+        let (src_rows, dst_rows) = pairs.split_at(total as usize);
 
         let heads = self.config.heads as i64;
+        let types = lay.ends.len();
+        let flat = 2 * total as usize;
+        let mut query = Vec::with_capacity(flat);
+        let mut key = Vec::with_capacity(flat);
+        let mut value = Vec::with_capacity(flat);
+        let mut group = Vec::with_capacity(flat * heads as usize);
+        let mut dst = Vec::with_capacity(flat);
+        let mut message = Vec::with_capacity(flat);
+        let mut hits = vec![false; nodes as usize * types];
+        let mut g = 0;
+        for (r, &e) in counts.iter().enumerate() {
+            for _ in 0..e {
+                let (s, d) = (src_rows[g], dst_rows[g]);
+                // Forward, the message goes from the edge's source row to its destination
+                // row; reverse, the other way.
+                for (m, from, to) in [(2 * r, s, d), (2 * r + 1, d, s)] {
+                    let (src_t, dst_t) = lay.ends[m];
+                    query.push(to * slots[dst_t] + base[dst_t] + lay.query_slot[m]);
+                    let k = from * slots[src_t] + base[src_t] + lay.key_slot[m];
+                    key.push(k);
+                    value.push(k + 1);
+                    let slot = to * lay.queries[dst_t] + group_base[dst_t] + lay.query_slot[m];
+                    group.extend((0..heads).map(|h| slot * heads + h));
+                    let row = to + node_offsets[dst_t];
+                    dst.push(row);
+                    message.push(m as i64);
+                    hits[row as usize * types + m] = true;
+                }
+                g += 1;
+            }
+        }
+        // A node's reach: how many message types have an edge into it.
+        let reach: Vec<f32> = hits
+            .chunks(types)
+            .map(|h| 1.0 / h.iter().filter(|&&x| x).count().max(1) as f32)
+            .collect();
+        let upload = |v: &[i64]| Tensor::from_slice(v).to_device(opts.1);
         Plan {
             rows,
             nodes,
@@ -1145,18 +1133,19 @@ impl HybridFraudNet {
             edges: Some(EdgePlan {
                 count: total,
                 offsets: offsets(counts.iter().copied()),
-                group: ((group * heads).unsqueeze(1)
-                    + Tensor::arange(heads, (Kind::Int64, opts.1)))
-                .view([-1]),
-                ones: Tensor::ones([self.config.hidden as i64 / heads], opts),
-                query,
-                key,
-                value,
+                query: upload(&query),
+                key: upload(&key),
+                value: upload(&value),
+                group: upload(&group),
                 groups,
-                dst,
-                message,
+                ones: Tensor::ones([self.config.hidden as i64 / heads], opts),
+                dst: upload(&dst),
+                message: upload(&message),
             }),
-            reach,
+            reach: Tensor::from_slice(&reach)
+                .view([nodes, 1])
+                .to_kind(opts.0)
+                .to_device(opts.1),
         }
     }
 
