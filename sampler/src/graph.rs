@@ -327,23 +327,21 @@ pub struct Node {
     pub prev: Aggregates,
     /// Older copies of `agg`, oldest first, for targets before `agg.l_ms`.
     pub history: Vec<Aggregates>,
-    /// Adjacency per relation side, in [`ports`] order (the lists past the type's own
-    /// ports stay empty). The list headers are held inline so that reading a list costs
-    /// one dependent load from the node, not two.
-    pub ports: [Vec<Edge>; MAX_PORTS],
+    /// Adjacency per relation side, in [`ports`] order.
+    pub ports: Box<[Vec<Edge>]>,
     /// Accounts only: recent transactions in time order.
     pub sequence: VecDeque<SeqItem>,
 }
 
 impl Node {
-    fn new(key: &str, first_ms: i64) -> Self {
+    fn new(key: &str, t: NodeType, first_ms: i64) -> Self {
         Node {
             key: key.into(),
             first_ms,
             agg: Aggregates::new(),
             prev: Aggregates::new(),
             history: Vec::new(),
-            ports: Default::default(),
+            ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
             sequence: VecDeque::new(),
         }
     }
@@ -353,12 +351,6 @@ impl Node {
     /// statistics (see the order of updates in [`Graph::apply`]).
     pub fn quiet_since(&self, t_s: u32) -> bool {
         self.agg.l_ms != i64::MIN && epoch_secs(self.agg.l_ms) < t_s
-    }
-
-    /// The adjacency lists of this node, a node of type `t`: one per relation side, in
-    /// [`ports`] order.
-    pub fn adjacency(&self, t: NodeType) -> &[Vec<Edge>] {
-        &self.ports[..ports(t).len()]
     }
 
     /// False for the tombstone of an evicted node.
@@ -386,6 +378,7 @@ impl Node {
         std::mem::size_of::<Node>()
             + self.key.len()
             + self.history.capacity() * std::mem::size_of::<Aggregates>()
+            + self.ports.len() * std::mem::size_of::<Vec<Edge>>()
             + self.sequence.capacity() * std::mem::size_of::<SeqItem>()
     }
 }
@@ -587,7 +580,7 @@ impl Graph {
             }
             return at;
         }
-        let node = Node::new(key, time_ms);
+        let node = Node::new(key, t, time_ms);
         let slot = match guard.free.pop() {
             Some(slot) => {
                 guard.nodes[slot as usize] = node;
@@ -645,7 +638,7 @@ impl Graph {
                         index.remove(&n.key);
                         // A tombstone keeps its (empty) ports, so a sampler
                         // still holding this address reads nothing, safely.
-                        *n = Node::new("", i64::MAX);
+                        *n = Node::new("", t, i64::MAX);
                         free.push(slot as u32);
                         evicted.nodes += 1;
                     }

@@ -176,8 +176,9 @@ mod tests {
             l_ms: i64::from(k) * 3,
             v: std::array::from_fn(|i| (k as f32) + i as f32),
         };
-        let ports =
-            std::array::from_fn(|p| vec![Edge::new(NodeRef(0), 0, 0.0); (k as usize + p) % 5]);
+        let ports = (0..MAX_PORTS)
+            .map(|p| vec![Edge::new(NodeRef(0), 0, 0.0); (k as usize + p) % 5])
+            .collect();
         Node {
             key: "n".into(),
             first_ms: i64::from(k),

@@ -27,8 +27,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 
 use crate::graph::{
-    Aggregates, Dedupe, Edge, Graph, GraphConfig, MAX_PORTS, Node, NodeRef, SHARDS, SeqItem, Shard,
-    ports,
+    Aggregates, Dedupe, Edge, Graph, GraphConfig, Node, NodeRef, SHARDS, SeqItem, Shard,
 };
 use crate::schema::NodeType;
 
@@ -214,8 +213,7 @@ fn decode_config(d: &mut Dec<'_>) -> Result<GraphConfig, String> {
     })
 }
 
-/// Writes a node of a type with `port_count` relation sides (its other lists are empty).
-fn encode_node(e: &mut Enc, n: &Node, port_count: usize) {
+fn encode_node(e: &mut Enc, n: &Node) {
     e.str(&n.key);
     e.i64(n.first_ms);
     e.agg(&n.agg);
@@ -224,8 +222,8 @@ fn encode_node(e: &mut Enc, n: &Node, port_count: usize) {
     for a in &n.history {
         e.agg(a);
     }
-    e.u32(port_count as u32);
-    for list in &n.ports[..port_count] {
+    e.u32(n.ports.len() as u32);
+    for list in n.ports.iter() {
         e.u32(list.len() as u32);
         for x in list {
             e.u32(x.nbr.0);
@@ -258,13 +256,8 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
         .map(|_| d.agg())
         .collect::<Result<_, _>>()?;
     let n_ports = d.len("port")?;
-    if n_ports > MAX_PORTS {
-        return Err(format!(
-            "a node has {n_ports} relation sides, at most {MAX_PORTS} exist"
-        ));
-    }
-    let mut ports: [Vec<Edge>; MAX_PORTS] = Default::default();
-    for port in ports.iter_mut().take(n_ports) {
+    let mut ports = Vec::with_capacity(n_ports);
+    for _ in 0..n_ports {
         let n = d.len("edge")?;
         let mut list = Vec::with_capacity(n);
         for _ in 0..n {
@@ -278,7 +271,7 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
                 last_amount: d.f32()?,
             });
         }
-        *port = list;
+        ports.push(list);
     }
     let n_seq = d.len("sequence")?;
     let mut sequence = VecDeque::with_capacity(n_seq);
@@ -299,7 +292,7 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
         agg,
         prev,
         history,
-        ports,
+        ports: ports.into_boxed_slice(),
         sequence,
     })
 }
@@ -330,7 +323,7 @@ impl Graph {
                 let g = shard.read();
                 e.u32(g.nodes.len() as u32);
                 for n in &g.nodes {
-                    encode_node(&mut e, n, ports(t).len());
+                    encode_node(&mut e, n);
                 }
                 e.u32(g.free.len() as u32);
                 for slot in &g.free {

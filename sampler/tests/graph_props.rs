@@ -25,7 +25,7 @@ fn config(cap: usize) -> GraphConfig {
 fn assert_symmetric(g: &Graph, keys: &HashMap<(NodeType, String), NodeRef>) {
     for ((t, _), &node) in keys {
         let (lists, first_ms, agg) =
-            g.with_node(*t, node, |n| (n.adjacency(*t).to_vec(), n.first_ms, n.agg));
+            g.with_node(*t, node, |n| (n.ports.to_vec(), n.first_ms, n.agg));
         let hot = g.hot_view(*t, node).expect("every node is published");
         assert_eq!(
             (hot.first_ms, hot.agg),
@@ -115,8 +115,8 @@ proptest! {
         }
         prop_assert_eq!(once.stats(), twice.stats());
         for ((ty, _), r) in all_keys(&once, &txns) {
-            let a = once.with_node(ty, r, |n| (n.agg, n.adjacency(ty).to_vec(), n.sequence.clone()));
-            let b = twice.with_node(ty, r, |n| (n.agg, n.adjacency(ty).to_vec(), n.sequence.clone()));
+            let a = once.with_node(ty, r, |n| (n.agg, n.ports.to_vec(), n.sequence.clone()));
+            let b = twice.with_node(ty, r, |n| (n.agg, n.ports.to_vec(), n.sequence.clone()));
             prop_assert_eq!(a, b);
         }
     }
@@ -131,7 +131,7 @@ proptest! {
         let keys = all_keys(&g, &txns);
         for ((ty, _), r) in &keys {
             g.with_node(*ty, *r, |n| {
-                for list in n.adjacency(*ty) {
+                for list in n.ports.iter() {
                     assert!(list.len() <= cap);
                 }
             });
@@ -163,7 +163,7 @@ proptest! {
         }
         let keys = all_keys(&g, &txns);
         for ((ty, key), r) in &keys {
-            let lists: Vec<_> = g.with_node(*ty, *r, |n| n.adjacency(*ty).to_vec());
+            let lists: Vec<_> = g.with_node(*ty, *r, |n| n.ports.to_vec());
             for (port, list) in lists.iter().enumerate() {
                 let (relation, side) = ports(*ty)[port];
                 if side != fraudgraph_sampler::graph::Side::Out {
@@ -311,7 +311,7 @@ fn eviction_keeps_a_long_stream_bounded() {
     );
     assert_symmetric(&g, &keys);
     for ((ty, _), r) in &keys {
-        let lists = g.with_node(*ty, *r, |n| n.adjacency(*ty).to_vec());
+        let lists = g.with_node(*ty, *r, |n| n.ports.to_vec());
         for (port, list) in lists.iter().enumerate() {
             let (relation, side) = ports(*ty)[port];
             let (s, d) = relation.endpoints();

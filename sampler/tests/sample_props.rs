@@ -60,7 +60,7 @@ fn assert_features_match_the_nodes(g: &Graph, sub: &Subgraph) {
             let mut expected = Vec::new();
             g.with_node(t, node, |node| {
                 let degrees: Vec<usize> = node
-                    .adjacency(t)
+                    .ports
                     .iter()
                     .map(|list| list.iter().filter(|e| e.as_of(t_s).is_some()).count())
                     .collect();
