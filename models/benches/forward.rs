@@ -7,7 +7,9 @@
 //!   or the reference pass for large CPU batches);
 //! - `fused/<B>`: the fused pass alone (`forward_fused`, no gradients, sigmoid);
 //! - `reference/<B>`: the reference pass alone (`forward_reference`, likewise), the
-//!   forward pass `predict` ran before the fused one existed.
+//!   forward pass `predict` ran before the fused one existed;
+//! - `predict_each/64`: `predict` on each of the 64 subgraphs in a batch of its own, one
+//!   after the other (what serving at a moderate rate runs; divide by 64 for one pass).
 //!
 //! `cargo bench -p fraudgraph-models --bench forward`. For a clean "before" figure run
 //! `-- reference` on its own: the fused pass raises glibc's malloc trim threshold for the
@@ -83,6 +85,23 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // Serving at a moderate rate: every one of the 64 subgraphs (small and large) in a batch
+    // of its own, one after the other; the time is for all 64 passes.
+    let singles: Vec<BatchTensors> = by_size
+        .iter()
+        .map(|sub| {
+            let mut batch = Batch::default();
+            batch.collate(std::slice::from_ref(sub), artifact.manifest.max_sequence);
+            BatchTensors::from_batch(&batch, Device::Cpu).expect("valid batch")
+        })
+        .collect();
+    group.bench_function("predict_each/64", |b| {
+        b.iter(|| {
+            for t in &singles {
+                let _ = black_box(net.predict(t).expect("predicts"));
+            }
+        })
+    });
     group.finish();
 }
 
