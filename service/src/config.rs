@@ -110,7 +110,8 @@ pub struct PipelineConfig {
     pub inference_queue_capacity: usize,
     /// Most transactions in one GNN forward pass.
     pub max_batch: usize,
-    /// Longest a batch waits for more requests after its first, microseconds.
+    /// While the inference thread is busy, longest a batch waits for more requests after
+    /// its first, microseconds (an idle inference thread gets the batch at once).
     pub max_batch_wait_us: u64,
     /// Staging buffers between collation and inference: 2 overlaps collating batch k+1
     /// with the forward pass of batch k (double buffering); 1 does them in turn.
@@ -279,7 +280,7 @@ pub struct ServeArgs {
     /// Most transactions per GNN forward pass.
     #[arg(long, env = "FRAUDGRAPH_MAX_BATCH")]
     pub max_batch: Option<usize>,
-    /// Longest a batch waits for more requests, microseconds.
+    /// Longest a batch waits for more requests while the inference thread is busy, microseconds
     #[arg(long, env = "FRAUDGRAPH_MAX_BATCH_WAIT_US")]
     pub max_batch_wait_us: Option<u64>,
     /// Staging buffers (2 = double buffering, 1 = single).
