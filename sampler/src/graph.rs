@@ -35,6 +35,7 @@ use fraudgraph_proto::v1::Transaction;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
+use crate::adjacency::Adjacency;
 use crate::hot::{HotTable, HotView};
 use crate::schema::{NodeType, Relation, edges_of};
 
@@ -328,7 +329,7 @@ pub struct Node {
     /// Older copies of `agg`, oldest first, for targets before `agg.l_ms`.
     pub history: Vec<Aggregates>,
     /// Adjacency per relation side, in [`ports`] order.
-    pub ports: Box<[Vec<Edge>]>,
+    pub ports: Adjacency,
     /// Accounts only: recent transactions in time order.
     pub sequence: VecDeque<SeqItem>,
 }
@@ -341,7 +342,7 @@ impl Node {
             agg: Aggregates::new(),
             prev: Aggregates::new(),
             history: Vec::new(),
-            ports: vec![Vec::new(); ports(t).len()].into_boxed_slice(),
+            ports: Adjacency::new(ports(t).len()),
             sequence: VecDeque::new(),
         }
     }
@@ -378,7 +379,6 @@ impl Node {
         std::mem::size_of::<Node>()
             + self.key.len()
             + self.history.capacity() * std::mem::size_of::<Aggregates>()
-            + self.ports.len() * std::mem::size_of::<Vec<Edge>>()
             + self.sequence.capacity() * std::mem::size_of::<SeqItem>()
     }
 }
@@ -621,16 +621,8 @@ impl Graph {
                     if !n.is_live() {
                         continue;
                     }
-                    let mut left = 0;
-                    for list in n.ports.iter_mut() {
-                        let before = list.len();
-                        list.retain(|e| e.last_s >= cutoff_s);
-                        evicted.half_edges += (before - list.len()) as u64;
-                        if list.capacity() > list.len() + list.len() / 8 + 1 {
-                            list.shrink_to_fit();
-                        }
-                        left += list.len();
-                    }
+                    evicted.half_edges += n.ports.retain(|e| e.last_s >= cutoff_s) as u64;
+                    let left = n.ports.edge_count();
                     while n.sequence.front().is_some_and(|s| s.time_ms < cutoff_ms) {
                         n.sequence.pop_front();
                     }
@@ -682,8 +674,8 @@ impl Graph {
         let at_node = node;
         let mut guard = self.shards[t.index()][node.shard()].write();
         let node = &mut guard.nodes[node.slot()];
-        let list = &mut node.ports[port];
-        if let Some(i) = list.iter().rposition(|e| e.nbr == nbr) {
+        if let Some(i) = node.ports[port].iter().rposition(|e| e.nbr == nbr) {
+            let list = node.ports.port_mut(port);
             let e = &mut list[i];
             e.count += 1;
             e.amount += amount;
@@ -706,17 +698,13 @@ impl Graph {
             return None;
         }
         let mut dropped = None;
-        if list.len() >= self.config.adjacency_cap {
+        if node.ports[port].len() >= self.config.adjacency_cap {
             // The least recently seen edge is first.
-            let oldest = list.remove(0);
+            let oldest = node.ports.remove(port, 0);
             dropped = Some((oldest.nbr, oldest.last_s));
         }
-        if list.len() == list.capacity() {
-            // Grow by an eighth, not double: adjacency is most of the memory.
-            list.reserve_exact(list.len() / 8 + 1);
-        }
-        let at = list.partition_point(|x| x.last_s <= time_s);
-        list.insert(at, Edge::new(nbr, time_s, amount));
+        let at = node.ports[port].partition_point(|x| x.last_s <= time_s);
+        node.ports.insert(port, at, Edge::new(nbr, time_s, amount));
         self.hot[t.index()].publish(at_node, node);
         dropped
     }
@@ -727,7 +715,7 @@ impl Graph {
         let at = node;
         let mut guard = self.shards[t.index()][node.shard()].write();
         let node = &mut guard.nodes[node.slot()];
-        let list = &mut node.ports[port];
+        let list = &node.ports[port];
         let from = list.partition_point(|e| e.last_s < last_s);
         let found = list[from..]
             .iter()
@@ -736,10 +724,8 @@ impl Graph {
             .map(|i| from + i)
             .or_else(|| list.iter().position(|e| e.nbr == nbr));
         if let Some(i) = found {
-            list.remove(i);
-            if list.capacity() > list.len() + list.len() / 8 {
-                list.shrink_to_fit();
-            }
+            node.ports.remove(port, i);
+            node.ports.shrink_if_slack();
             self.hot[t.index()].publish(at, node);
         }
     }
@@ -858,10 +844,8 @@ impl Graph {
                 for n in g.nodes.iter().filter(|n| n.is_live()) {
                     // The index holds a second copy of the key.
                     s.node_bytes += n.approx_bytes() as u64 + n.key.len() as u64;
-                    for list in n.ports.iter() {
-                        half_edges += list.len() as u64;
-                        s.edge_bytes += (list.capacity() * std::mem::size_of::<Edge>()) as u64;
-                    }
+                    half_edges += n.ports.edge_count() as u64;
+                    s.edge_bytes += (n.ports.capacity() * std::mem::size_of::<Edge>()) as u64;
                 }
             }
         }

@@ -168,6 +168,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use super::*;
+    use crate::adjacency::Adjacency;
     use crate::graph::Edge;
 
     /// A node whose every first-line field is derived from `k`.
@@ -176,9 +177,12 @@ mod tests {
             l_ms: i64::from(k) * 3,
             v: std::array::from_fn(|i| (k as f32) + i as f32),
         };
-        let ports = (0..MAX_PORTS)
-            .map(|p| vec![Edge::new(NodeRef(0), 0, 0.0); (k as usize + p) % 5])
-            .collect();
+        let ports = Adjacency::from_lists(
+            (0..MAX_PORTS)
+                .map(|p| vec![Edge::new(NodeRef(0), 0, 0.0); (k as usize + p) % 5])
+                .collect(),
+        )
+        .expect("fits");
         Node {
             key: "n".into(),
             first_ms: i64::from(k),

@@ -3,6 +3,7 @@
 //!
 //! - [`schema`]: node types, typed relations, the edges a transaction creates.
 //! - [`graph`]: the live graph store (one writer, many readers, causal views).
+//! - [`adjacency`]: a node's edges, every relation side in one allocation.
 //! - [`hot`]: a lock-free mirror of each node's first cache line, for samplers.
 //! - [`features`]: the one definition of every raw feature, and its hash.
 //! - [`sample`]: the causal 3-hop sampler producing a [`sample::Subgraph`].
@@ -10,6 +11,7 @@
 //! - [`view`]: the subgraph as petgraph, and DOT export, for explanations.
 //! - [`snapshot`]: atomic, checksummed, versioned snapshots with Kafka offsets.
 
+pub mod adjacency;
 pub mod batch;
 pub mod features;
 pub mod graph;

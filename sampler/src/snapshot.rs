@@ -26,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::{Digest, Sha256};
 
+use crate::adjacency::Adjacency;
 use crate::graph::{
     Aggregates, Dedupe, Edge, Graph, GraphConfig, Node, NodeRef, SHARDS, SeqItem, Shard,
 };
@@ -222,7 +223,7 @@ fn encode_node(e: &mut Enc, n: &Node) {
     for a in &n.history {
         e.agg(a);
     }
-    e.u32(n.ports.len() as u32);
+    e.u32(n.ports.port_count() as u32);
     for list in n.ports.iter() {
         e.u32(list.len() as u32);
         for x in list {
@@ -256,7 +257,7 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
         .map(|_| d.agg())
         .collect::<Result<_, _>>()?;
     let n_ports = d.len("port")?;
-    let mut ports = Vec::with_capacity(n_ports);
+    let mut lists = Vec::with_capacity(n_ports);
     for _ in 0..n_ports {
         let n = d.len("edge")?;
         let mut list = Vec::with_capacity(n);
@@ -271,8 +272,10 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
                 last_amount: d.f32()?,
             });
         }
-        ports.push(list);
+        lists.push(list);
     }
+    let ports = Adjacency::from_lists(lists)
+        .ok_or_else(|| format!("a node with {n_ports} relation sides or too many edges"))?;
     let n_seq = d.len("sequence")?;
     let mut sequence = VecDeque::with_capacity(n_seq);
     for _ in 0..n_seq {
@@ -292,7 +295,7 @@ fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
         agg,
         prev,
         history,
-        ports: ports.into_boxed_slice(),
+        ports,
         sequence,
     })
 }

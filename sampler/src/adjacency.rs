@@ -1,0 +1,200 @@
+//! A node's adjacency: one list of [`Edge`]s per relation side (port), all held in one
+//! allocation, port after port.
+//!
+//! One allocation instead of one per port means reading a port costs one dependent load
+//! from the node (its edges' address is in the node itself), not two (node → the ports'
+//! list headers → the list), and a node holds no separate block of list headers. The price
+//! is that adding or removing an edge moves the edges of the ports after it (a few hundred
+//! bytes at most: each port holds at most `adjacency_cap` edges).
+
+use std::ops::Index;
+
+use crate::graph::{Edge, MAX_PORTS};
+
+/// The edges of every port of a node, in port order; see the module docs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Adjacency {
+    /// Port `p` is `edges[start(p)..ends[p]]`, where `start(p)` is the end of port `p - 1`.
+    edges: Vec<Edge>,
+    ends: [u16; MAX_PORTS],
+    /// How many ports the node's type has.
+    ports: u8,
+}
+
+impl Adjacency {
+    /// Empty lists for a node type with `ports` relation sides (at most [`MAX_PORTS`]).
+    pub fn new(ports: usize) -> Self {
+        assert!(ports <= MAX_PORTS, "{ports} ports, at most {MAX_PORTS}");
+        Adjacency {
+            edges: Vec::new(),
+            ends: [0; MAX_PORTS],
+            ports: ports as u8,
+        }
+    }
+
+    /// The given lists, one per port, in port order; `None` when there are more than
+    /// [`MAX_PORTS`] of them or more edges than the positions can address.
+    pub fn from_lists(lists: Vec<Vec<Edge>>) -> Option<Self> {
+        if lists.len() > MAX_PORTS {
+            return None;
+        }
+        let mut adj = Adjacency::new(lists.len());
+        adj.edges.reserve_exact(lists.iter().map(Vec::len).sum());
+        for (p, list) in lists.into_iter().enumerate() {
+            adj.edges.extend(list);
+            adj.ends[p] = u16::try_from(adj.edges.len()).ok()?;
+        }
+        for p in adj.port_count()..MAX_PORTS {
+            adj.ends[p] = adj.edges.len() as u16;
+        }
+        Some(adj)
+    }
+
+    /// How many ports (relation sides) the node has.
+    pub fn port_count(&self) -> usize {
+        usize::from(self.ports)
+    }
+
+    fn start(&self, port: usize) -> usize {
+        if port == 0 {
+            0
+        } else {
+            usize::from(self.ends[port - 1])
+        }
+    }
+
+    /// The edges of `port`, ordered by last sighting (see [`crate::graph`]).
+    pub fn port(&self, port: usize) -> &[Edge] {
+        &self.edges[self.start(port)..usize::from(self.ends[port])]
+    }
+
+    /// The edges of `port`, to update in place.
+    pub fn port_mut(&mut self, port: usize) -> &mut [Edge] {
+        let (from, to) = (self.start(port), usize::from(self.ends[port]));
+        &mut self.edges[from..to]
+    }
+
+    /// Every port's edges, in port order.
+    pub fn iter(&self) -> impl Iterator<Item = &[Edge]> + '_ {
+        (0..self.port_count()).map(|p| self.port(p))
+    }
+
+    /// Every port's edges as owned lists (tests, snapshots).
+    pub fn to_vec(&self) -> Vec<Vec<Edge>> {
+        self.iter().map(<[Edge]>::to_vec).collect()
+    }
+
+    /// Edges over all ports.
+    pub fn edge_count(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// Edges the allocation has room for.
+    pub fn capacity(&self) -> usize {
+        self.edges.capacity()
+    }
+
+    /// Inserts `edge` at position `at` of `port`.
+    pub(crate) fn insert(&mut self, port: usize, at: usize, edge: Edge) {
+        assert!(
+            self.edges.len() < usize::from(u16::MAX),
+            "a node's adjacency is full"
+        );
+        if self.edges.len() == self.edges.capacity() {
+            // Grow by an eighth, not double: adjacency is most of the memory.
+            self.edges.reserve_exact(self.edges.len() / 8 + 1);
+        }
+        self.edges.insert(self.start(port) + at, edge);
+        for end in &mut self.ends[port..] {
+            *end += 1;
+        }
+    }
+
+    /// Removes and returns the edge at position `at` of `port`.
+    pub(crate) fn remove(&mut self, port: usize, at: usize) -> Edge {
+        let edge = self.edges.remove(self.start(port) + at);
+        for end in &mut self.ends[port..] {
+            *end -= 1;
+        }
+        edge
+    }
+
+    /// Gives memory back when more than an eighth of the allocation is unused (after an
+    /// edge was dropped for good, not replaced).
+    pub(crate) fn shrink_if_slack(&mut self) {
+        if self.edges.capacity() > self.edges.len() + self.edges.len() / 8 {
+            self.edges.shrink_to_fit();
+        }
+    }
+
+    /// Keeps only the edges `keep` accepts, in every port; returns how many were removed.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Edge) -> bool) -> usize {
+        let before = self.edges.len();
+        let mut kept = Vec::with_capacity(before);
+        let mut ends = [0u16; MAX_PORTS];
+        for (p, end) in ends.iter_mut().enumerate() {
+            if p < self.port_count() {
+                kept.extend(self.port(p).iter().copied().filter(|e| keep(e)));
+            }
+            *end = kept.len() as u16;
+        }
+        kept.shrink_to_fit();
+        self.edges = kept;
+        self.ends = ends;
+        before - self.edges.len()
+    }
+}
+
+impl Index<usize> for Adjacency {
+    type Output = [Edge];
+
+    fn index(&self, port: usize) -> &[Edge] {
+        self.port(port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::NodeRef;
+
+    fn e(nbr: u32) -> Edge {
+        Edge::new(NodeRef(nbr), nbr, 1.0)
+    }
+
+    fn nbrs(a: &Adjacency) -> Vec<Vec<u32>> {
+        a.iter()
+            .map(|port| port.iter().map(|e| e.nbr.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn ports_keep_their_own_edges_through_inserts_and_removals() {
+        let mut a = Adjacency::new(3);
+        a.insert(1, 0, e(10));
+        a.insert(0, 0, e(1));
+        a.insert(2, 0, e(20));
+        a.insert(1, 1, e(11));
+        a.insert(0, 0, e(0));
+        assert_eq!(nbrs(&a), vec![vec![0, 1], vec![10, 11], vec![20]]);
+        assert_eq!(a.remove(1, 0).nbr, NodeRef(10));
+        assert_eq!(a.remove(0, 1).nbr, NodeRef(1));
+        assert_eq!(nbrs(&a), vec![vec![0], vec![11], vec![20]]);
+        a.port_mut(2)[0].count = 7;
+        assert_eq!(a[2][0].count, 7);
+        assert_eq!(a.edge_count(), 3);
+        assert!(a.capacity() >= 3);
+    }
+
+    #[test]
+    fn retain_and_round_trip_through_lists() {
+        let lists = vec![vec![e(1), e(2)], vec![], vec![e(3), e(4), e(5)]];
+        let mut a = Adjacency::from_lists(lists.clone()).expect("fits");
+        assert_eq!(a.to_vec(), lists);
+        assert_eq!(a.retain(|e| e.nbr.0 % 2 == 1), 2);
+        assert_eq!(nbrs(&a), vec![vec![1], vec![], vec![3, 5]]);
+        a.insert(1, 0, e(9));
+        assert_eq!(nbrs(&a), vec![vec![1], vec![9], vec![3, 5]]);
+        assert!(Adjacency::from_lists(vec![Vec::new(); MAX_PORTS + 1]).is_none());
+    }
+}
