@@ -4,8 +4,8 @@
 //! One allocation instead of one per port means reading a port costs one dependent load
 //! from the node (its edges' address is in the node itself), not two (node → the ports'
 //! list headers → the list), and a node holds no separate block of list headers. The price
-//! is that adding or removing an edge moves the edges of the ports after it (a few hundred
-//! bytes at most: each port holds at most `adjacency_cap` edges).
+//! is that adding or removing an edge moves the edges of the ports after it (each port
+//! holds at most `adjacency_cap` edges: a few kilobytes at most at the default cap of 64).
 
 use std::ops::Index;
 
@@ -16,7 +16,7 @@ use crate::graph::{Edge, MAX_PORTS};
 pub struct Adjacency {
     /// Port `p` is `edges[start(p)..ends[p]]`, where `start(p)` is the end of port `p - 1`.
     edges: Vec<Edge>,
-    ends: [u16; MAX_PORTS],
+    ends: [u32; MAX_PORTS],
     /// How many ports the node's type has.
     ports: u8,
 }
@@ -42,10 +42,10 @@ impl Adjacency {
         adj.edges.reserve_exact(lists.iter().map(Vec::len).sum());
         for (p, list) in lists.into_iter().enumerate() {
             adj.edges.extend(list);
-            adj.ends[p] = u16::try_from(adj.edges.len()).ok()?;
+            adj.ends[p] = u32::try_from(adj.edges.len()).ok()?;
         }
         for p in adj.port_count()..MAX_PORTS {
-            adj.ends[p] = adj.edges.len() as u16;
+            adj.ends[p] = u32::try_from(adj.edges.len()).ok()?;
         }
         Some(adj)
     }
@@ -59,18 +59,18 @@ impl Adjacency {
         if port == 0 {
             0
         } else {
-            usize::from(self.ends[port - 1])
+            self.ends[port - 1] as usize
         }
     }
 
     /// The edges of `port`, ordered by last sighting (see [`crate::graph`]).
     pub fn port(&self, port: usize) -> &[Edge] {
-        &self.edges[self.start(port)..usize::from(self.ends[port])]
+        &self.edges[self.start(port)..self.ends[port] as usize]
     }
 
     /// The edges of `port`, to update in place.
     pub fn port_mut(&mut self, port: usize) -> &mut [Edge] {
-        let (from, to) = (self.start(port), usize::from(self.ends[port]));
+        let (from, to) = (self.start(port), self.ends[port] as usize);
         &mut self.edges[from..to]
     }
 
@@ -96,10 +96,6 @@ impl Adjacency {
 
     /// Inserts `edge` at position `at` of `port`.
     pub(crate) fn insert(&mut self, port: usize, at: usize, edge: Edge) {
-        assert!(
-            self.edges.len() < usize::from(u16::MAX),
-            "a node's adjacency is full"
-        );
         if self.edges.len() == self.edges.capacity() {
             // Grow by an eighth, not double: adjacency is most of the memory.
             self.edges.reserve_exact(self.edges.len() / 8 + 1);
@@ -127,21 +123,27 @@ impl Adjacency {
         }
     }
 
-    /// Keeps only the edges `keep` accepts, in every port; returns how many were removed.
+    /// Keeps only the edges `keep` accepts, in every port, in place; returns how many
+    /// were removed. Gives memory back when more than an eighth (and one edge) of the
+    /// allocation is then unused.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Edge) -> bool) -> usize {
         let before = self.edges.len();
-        let mut kept = Vec::with_capacity(before);
-        let mut ends = [0u16; MAX_PORTS];
-        for (p, end) in ends.iter_mut().enumerate() {
-            if p < self.port_count() {
-                kept.extend(self.port(p).iter().copied().filter(|e| keep(e)));
+        let (mut read, mut write) = (0, 0);
+        for end in &mut self.ends {
+            while read < *end as usize {
+                if keep(&self.edges[read]) {
+                    self.edges[write] = self.edges[read];
+                    write += 1;
+                }
+                read += 1;
             }
-            *end = kept.len() as u16;
+            *end = write as u32;
         }
-        kept.shrink_to_fit();
-        self.edges = kept;
-        self.ends = ends;
-        before - self.edges.len()
+        self.edges.truncate(write);
+        if self.edges.capacity() > write + write / 8 + 1 {
+            self.edges.shrink_to_fit();
+        }
+        before - write
     }
 }
 
