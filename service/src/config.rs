@@ -280,7 +280,8 @@ pub struct ServeArgs {
     /// Most transactions per GNN forward pass.
     #[arg(long, env = "FRAUDGRAPH_MAX_BATCH")]
     pub max_batch: Option<usize>,
-    /// Longest a batch waits for more requests while the inference thread is busy, microseconds
+    /// Longest a batch waits for more requests while the inference thread is busy,
+    /// microseconds.
     #[arg(long, env = "FRAUDGRAPH_MAX_BATCH_WAIT_US")]
     pub max_batch_wait_us: Option<u64>,
     /// Staging buffers (2 = double buffering, 1 = single).

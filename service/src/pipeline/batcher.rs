@@ -152,26 +152,49 @@ mod tests {
         (item, rx)
     }
 
+    /// A batcher thread over `buffers` staging buffers, none of them in the pool yet, and the
+    /// ends of its channels the tests drive.
+    struct Running {
+        items: Sender<InferItem>,
+        free: Sender<StagingBuffer>,
+        staged: Receiver<Staged>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn start(buffers: usize, max_wait: Duration) -> Running {
+        let (items_tx, items_rx) = crossbeam_channel::bounded(64);
+        let (free_tx, free_rx) = crossbeam_channel::bounded(buffers);
+        let (staged_tx, staged_rx) = crossbeam_channel::bounded(buffers);
+        let batcher = Batcher {
+            items: items_rx,
+            free: free_rx,
+            buffers,
+            staged: staged_tx,
+            max_batch: 64,
+            max_wait,
+            max_sequence: 32,
+            device: Device::Cpu,
+            metrics: Arc::new(Metrics::new()),
+        };
+        Running {
+            items: items_tx,
+            free: free_tx,
+            staged: staged_rx,
+            thread: std::thread::spawn(move || batcher.run()),
+        }
+    }
+
     /// While the inference thread holds every buffer, requests queue; the batch formed when
     /// a buffer comes back takes all of them, not only those of its first wait window.
     #[test]
     fn a_backlog_joins_the_batch_formed_when_a_buffer_frees_up() {
         let graph = Graph::new(GraphConfig::default());
-        let (items_tx, items_rx) = crossbeam_channel::bounded(64);
-        let (free_tx, free_rx) = crossbeam_channel::bounded(1);
-        let (staged_tx, staged_rx) = crossbeam_channel::bounded(1);
-        let batcher = Batcher {
-            items: items_rx,
-            free: free_rx,
-            buffers: 1,
-            staged: staged_tx,
-            max_batch: 64,
-            max_wait: Duration::from_millis(1),
-            max_sequence: 32,
-            device: Device::Cpu,
-            metrics: Arc::new(Metrics::new()),
-        };
-        let thread = std::thread::spawn(move || batcher.run());
+        let Running {
+            items: items_tx,
+            free: free_tx,
+            staged: staged_rx,
+            thread,
+        } = start(1, Duration::from_millis(1));
         let mut replies = Vec::new();
         let (first, rx) = item(&graph, 0);
         replies.push(rx);
@@ -201,24 +224,15 @@ mod tests {
     #[test]
     fn an_idle_inference_thread_gets_its_batch_without_the_wait() {
         let graph = Graph::new(GraphConfig::default());
-        let (items_tx, items_rx) = crossbeam_channel::bounded(64);
-        let (free_tx, free_rx) = crossbeam_channel::bounded(2);
-        let (staged_tx, staged_rx) = crossbeam_channel::bounded(2);
+        let Running {
+            items: items_tx,
+            free: free_tx,
+            staged: staged_rx,
+            thread,
+        } = start(2, Duration::from_secs(30));
         for _ in 0..2 {
             free_tx.send(StagingBuffer::default()).unwrap();
         }
-        let batcher = Batcher {
-            items: items_rx,
-            free: free_rx,
-            buffers: 2,
-            staged: staged_tx,
-            max_batch: 64,
-            max_wait: Duration::from_secs(30),
-            max_sequence: 32,
-            device: Device::Cpu,
-            metrics: Arc::new(Metrics::new()),
-        };
-        let thread = std::thread::spawn(move || batcher.run());
         let (first, _rx) = item(&graph, 0);
         items_tx.send(first).unwrap();
         let staged = staged_rx
