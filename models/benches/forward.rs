@@ -9,24 +9,19 @@
 //! - `reference/<B>`: the reference pass alone (`forward_reference`, likewise), the
 //!   forward pass `predict` ran before the fused one existed;
 //! - `predict_each/64`: `predict` on each of the 64 subgraphs in a batch of its own, one
-//!   after the other (what serving at a moderate rate runs; divide by 64 for one pass);
-//! - `predict_each/64/means_layer1`, `.../means_layer2` and `.../means_final`: the same
-//!   with the artifact's weights under each [`ReadoutMeans`] (the layers after the one the
-//!   means average skip the rows the readout cannot see), to compare in one run.
+//!   after the other (what serving at a moderate rate runs; divide by 64 for one pass).
 //!
 //! `cargo bench -p fraudgraph-models --bench forward`. For a clean "before" figure run
 //! `-- reference` on its own: the fused pass raises glibc's malloc trim threshold for the
 //! process (see `keep_freed_memory` in `net.rs`), which would help the reference too.
 //!
 //! [`HybridFraudNet::predict`]: fraudgraph_models::net::HybridFraudNet::predict
-//! [`ReadoutMeans`]: fraudgraph_models::net::ReadoutMeans
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use fraudgraph_models::artifact::Artifact;
-use fraudgraph_models::net::{HybridFraudNet, NetConfig, ReadoutMeans};
 use fraudgraph_models::tensors::BatchTensors;
 use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::Relation;
@@ -34,7 +29,7 @@ use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::graph::Graph;
 use fraudgraph_sampler::sample::sample;
 use fraudgraph_simulator::{SimConfig, Simulation};
-use tch::{Device, nn};
+use tch::Device;
 
 fn benches(c: &mut Criterion) {
     tch::set_num_threads(1);
@@ -107,39 +102,6 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
-    // The same weights with each readout: the means over the first layer's embeddings let
-    // the later layers skip the rows the readout cannot see.
-    for means in [
-        ReadoutMeans::Layer(1),
-        ReadoutMeans::Layer(2),
-        ReadoutMeans::Final,
-    ] {
-        let config = NetConfig {
-            readout_means: means,
-            ..artifact.manifest.net.clone()
-        };
-        let mut vs = nn::VarStore::new(Device::Cpu);
-        let other = HybridFraudNet::new(&vs.root(), &config).expect("valid config");
-        vs.copy(&artifact.vs).expect("same parameters");
-        let rows: Vec<i64> = singles
-            .iter()
-            .map(|t| other.layer_rows(t).expect("valid batch"))
-            .fold(vec![0; config.layers], |sum, r| {
-                sum.iter().zip(r).map(|(a, b)| a + b).collect()
-            });
-        eprintln!("readout means {means:?}: rows per layer over the 64 passes {rows:?}");
-        let name = format!(
-            "predict_each/64/means_{}",
-            format!("{means:?}").to_lowercase()
-        );
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                for t in &singles {
-                    let _ = black_box(other.predict(t).expect("predicts"));
-                }
-            })
-        });
-    }
     group.finish();
 }
 

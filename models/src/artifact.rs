@@ -37,18 +37,14 @@ use tch::{Device, Kind, Tensor};
 
 use crate::dataset::Split;
 use crate::gbdt::{Gbdt, GbdtError, tabular_features, tabular_width};
-use crate::net::{HybridFraudNet, NetConfig, NetError, Precision, ReadoutMeans, set_precision};
+use crate::net::{HybridFraudNet, NetConfig, NetError, Precision, set_precision};
 use crate::runtime;
 use crate::tensors::BatchTensors;
 
-/// The version of the artifact layout this build writes. Version 2: the GNN's readout
-/// also reads a transfer's receiver (one more hidden-sized slot), so version-1 weights no
-/// longer fit. Version 3: the manifest's `net` says which embeddings the readout's means
-/// average (`readout_means`, [`crate::net::ReadoutMeans`]).
-pub const ARTIFACT_FORMAT_VERSION: u32 = 3;
-/// The oldest artifact layout this build reads: a version-2 manifest has no
-/// `net.readout_means`, and its readout averaged the final embeddings (`final`).
-pub const OLDEST_ARTIFACT_FORMAT_VERSION: u32 = 2;
+/// The version of the artifact layout this build writes and reads. Version 2: the GNN's
+/// readout also reads a transfer's receiver (one more hidden-sized slot), so version-1
+/// weights no longer fit.
+pub const ARTIFACT_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside an artifact directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The GNN weights' file name inside an artifact directory.
@@ -87,9 +83,8 @@ pub enum ArtifactError {
     },
     /// The artifact was written in a layout this build does not read.
     #[error(
-        "{}: artifact format version {found}, but this build reads versions \
-         {OLDEST_ARTIFACT_FORMAT_VERSION} to {ARTIFACT_FORMAT_VERSION} (use a fraudgraph build \
-         that matches the artifact, or retrain)",
+        "{}: artifact format version {found}, but this build reads version \
+         {ARTIFACT_FORMAT_VERSION} (use a fraudgraph build that matches the artifact, or retrain)",
         path.display()
     )]
     FormatVersion {
@@ -697,11 +692,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, ArtifactError> {
         message,
     };
     // The version first, so a future layout is refused as such, not as a parse error.
-    let mut value: serde_json::Value =
+    let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let readable = u64::from(OLDEST_ARTIFACT_FORMAT_VERSION)..=u64::from(ARTIFACT_FORMAT_VERSION);
     match value.get("format_version") {
-        Some(v) if v.as_u64().is_some_and(|v| readable.contains(&v)) => {}
+        Some(v) if v.as_u64() == Some(u64::from(ARTIFACT_FORMAT_VERSION)) => {}
         Some(v) => {
             return Err(ArtifactError::FormatVersion {
                 path,
@@ -709,13 +703,6 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, ArtifactError> {
             });
         }
         None => return Err(bad("no `format_version`: not a fraudgraph artifact".into())),
-    }
-    // Before version 3 the readout's means always averaged the final embeddings.
-    if value["format_version"].as_u64() == Some(2)
-        && let Some(net) = value.get_mut("net").and_then(|n| n.as_object_mut())
-    {
-        net.entry("readout_means")
-            .or_insert_with(|| serde_json::to_value(ReadoutMeans::Final).unwrap_or_default());
     }
     let manifest: Manifest =
         serde_json::from_value(value).map_err(|e| bad(format!("invalid manifest: {e}")))?;

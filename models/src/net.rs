@@ -23,8 +23,7 @@
 //! 3. **Readout**: the target account's encoded input features (a skip past message
 //!    passing) and its final embedding, the embeddings of the transaction's own
 //!    device, IP, merchant and card and of a transfer's receiver (zeros when it has none),
-//!    and the per-subgraph mean of every node type's embeddings after the last layer or
-//!    an earlier one ([`ReadoutMeans`]), through `readout`.
+//!    and the per-subgraph mean of every node type's embeddings, through `readout`.
 //! 4. **Temporal attention** (`seq`): each sequence element's features plus a Time2Vec
 //!    encoding of `log_seconds_before_target` are projected to keys and values; the query
 //!    comes from the graph readout and the transaction embedding; padding is masked, and
@@ -129,37 +128,6 @@ pub struct NetConfig {
     pub time_dims: usize,
     /// Negative slope of the LeakyReLU in attention scores.
     pub negative_slope: f64,
-    /// Which embeddings the readout's per-node-type means average ([`ReadoutMeans`]).
-    pub readout_means: ReadoutMeans,
-}
-
-/// Which embeddings the readout's per-subgraph mean of every node type averages.
-///
-/// The rest of the readout reads the transaction's own entities only, so when the means
-/// average an earlier layer's output the layers after it need only the rows within reach
-/// of those entities: the fused pass updates every row up to that layer, and layer `l` of
-/// `L` after it only the rows within `L - l` hops of the own entities (on the subgraphs
-/// served at the head of the stream about 57% of the rows in layer 2 of 3 and 14% in
-/// layer 3; docs/BENCHMARKS.md has the time saved).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReadoutMeans {
-    /// The embeddings after the last round of message passing (every layer at every row;
-    /// the only choice in artifacts of format 2 and earlier).
-    Final,
-    /// The embeddings after round `k` (1-based, at most `layers`); JSON `{"layer": k}`.
-    Layer(usize),
-}
-
-impl ReadoutMeans {
-    /// The round (1-based) whose output the means average in a net of `layers` rounds;
-    /// 0 (the encoded inputs) when there are none.
-    pub fn after(self, layers: usize) -> usize {
-        match self {
-            ReadoutMeans::Final => layers,
-            ReadoutMeans::Layer(k) => k.min(layers),
-        }
-    }
 }
 
 impl Default for NetConfig {
@@ -171,7 +139,6 @@ impl Default for NetConfig {
             dropout: 0.1,
             time_dims: 8,
             negative_slope: 0.2,
-            readout_means: ReadoutMeans::Final,
         }
     }
 }
@@ -194,14 +161,6 @@ impl NetConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
-        }
-        if let ReadoutMeans::Layer(k) = self.readout_means
-            && !(1..=self.layers).contains(&k)
-        {
-            return bad(format!(
-                "readout_means layer {k} is not one of the {} layers",
-                self.layers
-            ));
         }
         if !(0.0..1.0).contains(&self.negative_slope) {
             return bad(format!(
@@ -399,8 +358,8 @@ impl Layout {
     }
 }
 
-/// The batch-dependent indices of the fused forward pass, built once per pass. Node
-/// embeddings are stacked, `[nodes, hidden]`, node types in order.
+/// The batch-dependent indices of the fused forward pass, built once per pass and shared
+/// by every layer. Node embeddings are stacked, `[nodes, hidden]`, node types in order.
 struct Plan {
     /// Per node type: rows `N_t`.
     rows: Vec<i64>,
@@ -408,41 +367,20 @@ struct Plan {
     nodes: i64,
     /// Per node type: its first stacked row.
     offsets: Vec<i64>,
-    /// Whether the batch has any edge.
-    has_edges: bool,
-    /// Per layer: the rows it updates and the edges it reads (layers that need every row
-    /// share one [`Step`]).
-    steps: Vec<std::rc::Rc<Step>>,
-}
-
-/// What one layer of the fused pass computes: the rows it reads and writes (its *active*
-/// rows: every row whose output a later layer or the readout needs, and every source of
-/// an edge into one of those) and its flat edges, indexed among the active rows.
-struct Step {
-    /// `[A]`: the active stacked rows, ascending (so by node type); `None` when every
-    /// row is active.
-    active: Option<Tensor>,
-    /// Per node type: its active rows.
-    rows: Vec<i64>,
-    /// Active rows `A`.
-    nodes: i64,
-    /// The flat edge list; `None` when no edge touches a row this layer must update.
+    /// The flat edge list; `None` when the batch has no edges at all.
     edges: Option<EdgePlan>,
-    /// `[A, 1]`: 1 / the number of message types reaching each active row (1 if none).
+    /// `[nodes, 1]`: 1 / the number of message types reaching each node (1 if none).
     reach: Tensor,
 }
 
-/// The stacked edges a [`Step`] reads, each used in both directions: flat edge `2g + d`
-/// is the step's edge `g` (relations in order) in direction `d` (0 forward, 1 reverse),
-/// of message type `2·relation + d`. Row numbers below are among the step's active rows.
+/// Every edge of every relation, used in both directions: flat edge `2g + d` is stacked
+/// edge `g` (the relations' edges concatenated in order) in direction `d` (0 forward, 1
+/// reverse), of message type `2·relation + d`.
 struct EdgePlan {
     /// Stacked edges `E`; there are `2E` flat edges.
     count: i64,
-    /// Per relation: its edges in this step.
-    counts: Vec<i64>,
-    /// `[E, edge features]` when the step reads a subset of the batch's edges; `None`
-    /// when it reads all of them (the batch's own per-relation features).
-    features: Option<Tensor>,
+    /// Per relation: its first stacked edge.
+    offsets: Vec<i64>,
     /// `[2E]`: the [`Layout`] table row of each flat edge's destination query.
     query: Tensor,
     /// `[2E]`: the table row of each flat edge's source key.
@@ -451,28 +389,16 @@ struct EdgePlan {
     value: Tensor,
     /// `[2E·heads]`: the softmax slot of each flat edge's score in each head,
     /// `group·heads + head`, where a flat edge's group, (message type, destination node),
-    /// is numbered densely (the query slots of all active rows).
+    /// is numbered densely (the query slots of all nodes).
     group: Tensor,
     /// How many groups there are.
     groups: i64,
     /// `[hidden / heads]` ones: per-head sums as a matrix-vector product.
     ones: Tensor,
-    /// `[2E]`: the active row of each flat edge's destination.
+    /// `[2E]`: the stacked row of each flat edge's destination.
     dst: Tensor,
     /// `[2E]`: each flat edge's message type.
     message: Tensor,
-}
-
-/// The batch as [`HybridFraudNet::plan`] reads it on the host, for building [`Step`]s.
-struct HostPlan<'a> {
-    /// Per node type: rows `N_t`.
-    rows: &'a [i64],
-    /// Per node type: its first stacked row.
-    offsets: &'a [i64],
-    /// Per stacked row: its node type.
-    row_type: &'a [usize],
-    /// Per stacked edge (relations in order): (relation, source row, destination row).
-    ends: &'a [(usize, i64, i64)],
 }
 
 /// The projection, attention and edge parameters of every layer, concatenated from the
@@ -760,15 +686,6 @@ impl HybridFraudNet {
         Ok(logits.to_kind(Kind::Float).sigmoid())
     }
 
-    /// Per layer, how many stacked rows the fused pass reads and updates on `batch` (the
-    /// batch's rows for a layer that needs them all; fewer for the layers after the one
-    /// the readout's means average, [`ReadoutMeans::Layer`]). For benchmarks and tests.
-    pub fn layer_rows(&self, batch: &BatchTensors) -> Result<Vec<i64>, NetError> {
-        self.check(batch)?;
-        let plan = self.plan(batch, (self.kind(), self.device()));
-        Ok(plan.steps.iter().map(|s| s.nodes).collect())
-    }
-
     /// The address and version of every parameter [`HybridFraudNet::fused_weights`]
     /// reads, in a fixed order.
     fn stamp(&self) -> Vec<(usize, i64)> {
@@ -874,18 +791,12 @@ impl HybridFraudNet {
         // connection to the readout, so its own statistics are not diluted by 3 rounds of
         // neighbourhood averaging.
         let own_account = x[NodeType::Account.index()].index_select(0, &b.target_account);
-        let means_after = self.config.readout_means.after(self.layers.len());
-        let mut averaged = None;
-        for (l, layer) in self.layers.iter().enumerate() {
+        for layer in &self.layers {
             x = self.message_passing(layer, &x, &reach, b, train);
-            if l + 1 == means_after {
-                averaged = Some(x.iter().map(Tensor::shallow_clone).collect::<Vec<_>>());
-            }
         }
-        let averaged = averaged.unwrap_or_else(|| x.iter().map(Tensor::shallow_clone).collect());
 
         // Readout: the target account, the transaction's own other entities, and the mean
-        // of each node type per subgraph ([`ReadoutMeans`]).
+        // of each node type per subgraph.
         let opts = (x[0].kind(), x[0].device());
         let mut parts = vec![
             own_account,
@@ -902,7 +813,7 @@ impl HybridFraudNet {
                 xt.index_select(0, &own.0.clamp_min(0)) * mask
             });
         }
-        for (xt, graph) in averaged.iter().zip(&b.node_graph) {
+        for (xt, graph) in x.iter().zip(&b.node_graph) {
             let h = xt.size()[1];
             let sum = Tensor::zeros([b.size, h], opts).index_add(0, graph, xt);
             let count = Tensor::zeros([b.size], opts)
@@ -1127,226 +1038,59 @@ impl HybridFraudNet {
         };
         // The skip connection of the target account's own encoded features.
         let own_account = x.index_select(0, &target);
-        let fresh = match (plan.has_edges, cached) {
-            (true, None) => Some(self.fused_weights()),
+        let fresh = match (&plan.edges, cached) {
+            (Some(_), None) => Some(self.fused_weights()),
             _ => None,
         };
         let fused = cached.or(fresh.as_ref());
-        let means_after = self.config.readout_means.after(self.layers.len());
-        let mut averaged = None;
-        for (l, (layer, step)) in self.layers.iter().zip(&plan.steps).enumerate() {
-            let active = match &step.active {
-                Some(rows) => x.index_select(0, rows),
-                None => x.shallow_clone(),
-            };
-            let mean = match (&step.edges, fused) {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mean = match (&plan.edges, fused) {
                 (Some(edges), Some(fused)) => {
-                    self.messages_fused(fused, l, &active, step, edges, b, train) * &step.reach
+                    self.messages_fused(fused, l, &x, &plan, edges, b, train) * &plan.reach
                 }
-                _ => active.zeros_like(),
+                _ => x.zeros_like(),
             };
-            let updated = self.update_fused(layer, &active, &mean, &step.rows, train);
-            x = match &step.active {
-                Some(rows) => x.index_copy(0, rows, &updated),
-                None => updated,
-            };
-            if l + 1 == means_after {
-                averaged = Some(x.shallow_clone());
-            }
+            x = self.update_fused(layer, &x, &mean, &plan.rows, train);
         }
-        let averaged = averaged.unwrap_or_else(|| x.shallow_clone());
-        let readout = self.readout_fused(&x, &averaged, own_account, &target, &plan, b);
+        let readout = self.readout_fused(&x, own_account, &target, &plan, b);
         self.head(readout, b, train)
     }
 
-    /// The batch's [`Plan`], worked out on the host: the edge index and the readout's rows
-    /// (copied from the device when it is not the CPU) go through a few integer loops, and
-    /// every index the pass needs is uploaded once.
-    ///
-    /// Which rows each layer must update is worked out backwards from the readout: the
-    /// last layer updates the rows the readout reads (all of them when its means average
-    /// the final embeddings, else the transaction's own entities), and each layer before
-    /// it the rows the next one reads. A layer that would read more than three quarters
-    /// of the rows reads them all (gathering them costs more than it saves).
+    /// The batch's [`Plan`], worked out on the host: the edge index (copied from the device
+    /// when it is not on the CPU) goes through a few integer loops, and every index the
+    /// pass needs is uploaded once.
     fn plan(&self, b: &BatchTensors, opts: (Kind, Device)) -> Plan {
+        let lay = &self.layout;
         let rows: Vec<i64> = b.node_graph.iter().map(|g| g.size()[0]).collect();
         let nodes: i64 = rows.iter().sum();
         let node_offsets = offsets(rows.iter().copied());
-        let host = |t: &Tensor| {
-            Vec::<i64>::try_from(&t.to_device(Device::Cpu))
-                .unwrap_or_else(|e| unreachable!("index tensors are int64 ({e})"))
-        };
         let counts: Vec<i64> = b.edge_index.iter().map(|e| e.size()[1]).collect();
         let total: i64 = counts.iter().sum();
-        // Per stacked edge: (relation, source row, destination row), stacked rows.
-        let mut ends = Vec::with_capacity(total as usize);
-        if total > 0 {
-            // [2, E]: the source rows of every stacked edge, then their destination rows.
-            let pairs = host(&Tensor::cat(&b.edge_index, 1).view([-1]));
-            let (src_rows, dst_rows) = pairs.split_at(total as usize);
-            let mut g = 0;
-            for (r, &e) in Relation::ALL.iter().zip(&counts) {
-                let (s, d) = r.endpoints();
-                let (so, d_o) = (node_offsets[s.index()], node_offsets[d.index()]);
-                for _ in 0..e {
-                    ends.push((r.index(), src_rows[g] + so, dst_rows[g] + d_o));
-                    g += 1;
-                }
-            }
-        }
-        let row_type: Vec<usize> = rows
-            .iter()
-            .enumerate()
-            .flat_map(|(t, &n)| std::iter::repeat_n(t, n as usize))
-            .collect();
-        let host_plan = HostPlan {
-            rows: &rows,
-            offsets: &node_offsets,
-            row_type: &row_type,
-            ends: &ends,
-        };
-
-        let layers = self.layers.len();
-        let means_after = self.config.readout_means.after(layers);
-        let mut need_all = means_after >= layers;
-        // The rows the readout reads: the target account, the transaction's other own
-        // entities, a transfer's receiver.
-        let mut need = vec![false; nodes as usize];
-        if !need_all {
-            let mut read = vec![(NodeType::Account, &b.target_account)];
-            read.extend(
-                NodeType::ALL[1..]
-                    .iter()
-                    .map(|&t| (t, &b.own_rows[t.index()])),
-            );
-            read.push((NodeType::Account, &b.counterparty_row));
-            for (t, local) in read {
-                for row in host(local).into_iter().filter(|&r| r >= 0) {
-                    need[(row + node_offsets[t.index()]) as usize] = true;
-                }
-            }
-        }
-        let mut full: Option<std::rc::Rc<Step>> = None;
-        let mut features: Option<Tensor> = None;
-        let mut steps = Vec::with_capacity(layers);
-        for l in (0..layers).rev() {
-            if l + 1 == means_after {
-                need_all = true;
-            }
-            if !need_all {
-                let kept: Vec<usize> = (0..ends.len())
-                    .filter(|&g| need[ends[g].1 as usize] || need[ends[g].2 as usize])
-                    .collect();
-                let mut active = need.clone();
-                for &g in &kept {
-                    active[ends[g].1 as usize] = true;
-                    active[ends[g].2 as usize] = true;
-                }
-                let active_rows: Vec<i64> = (0..nodes).filter(|&r| active[r as usize]).collect();
-                if active_rows.len() * 4 <= nodes as usize * 3 {
-                    let all = features.get_or_insert_with(|| Tensor::cat(&b.edge_features, 0));
-                    let kept_index: Vec<i64> = kept.iter().map(|&g| g as i64).collect();
-                    let subset =
-                        all.index_select(0, &Tensor::from_slice(&kept_index).to_device(opts.1));
-                    steps.push(std::rc::Rc::new(self.step(
-                        &host_plan,
-                        Some(&active_rows),
-                        Some(&kept),
-                        Some(subset),
-                        opts,
-                    )));
-                    need = active;
-                    continue;
-                }
-                need_all = true;
-            }
-            let step = full
-                .get_or_insert_with(|| {
-                    std::rc::Rc::new(self.step(&host_plan, None, None, None, opts))
-                })
-                .clone();
-            steps.push(step);
-        }
-        steps.reverse();
-        Plan {
-            rows,
-            nodes,
-            offsets: node_offsets,
-            has_edges: total > 0,
-            steps,
-        }
-    }
-
-    /// One layer's [`Step`]: `active` the rows it reads and writes (ascending; `None` for
-    /// all), `kept` its stacked edges (ascending; `None` for all) and `features` theirs
-    /// (`None` for all).
-    fn step(
-        &self,
-        host: &HostPlan<'_>,
-        active: Option<&[i64]>,
-        kept: Option<&[usize]>,
-        features: Option<Tensor>,
-        opts: (Kind, Device),
-    ) -> Step {
-        let lay = &self.layout;
-        // Per stacked row: its index among the active rows of its type (-1 if inactive).
-        let (counts, local): (Vec<i64>, Vec<i64>) = match active {
-            None => (
-                host.rows.to_vec(),
-                (0..host.row_type.len())
-                    .map(|r| r as i64 - host.offsets[host.row_type[r]])
-                    .collect(),
-            ),
-            Some(active) => {
-                let mut counts = vec![0; NODE_TYPES];
-                let mut local = vec![-1; host.row_type.len()];
-                for &r in active {
-                    let t = host.row_type[r as usize];
-                    local[r as usize] = counts[t];
-                    counts[t] += 1;
-                }
-                (counts, local)
-            }
-        };
-        let nodes: i64 = counts.iter().sum();
-        let row_offsets = offsets(counts.iter().copied());
-        let reach_of = |hits: &[bool]| {
-            let types = lay.ends.len();
-            let reach: Vec<f32> = hits
-                .chunks(types)
-                .map(|h| 1.0 / h.iter().filter(|&&x| x).count().max(1) as f32)
-                .collect();
-            Tensor::from_slice(&reach)
-                .view([nodes, 1])
-                .to_kind(opts.0)
-                .to_device(opts.1)
-        };
-        let all: Vec<usize>;
-        let kept = match kept {
-            Some(kept) => kept,
-            None => {
-                all = (0..host.ends.len()).collect();
-                &all
-            }
-        };
-        let active = active.map(|a| Tensor::from_slice(a).to_device(opts.1));
-        let types = lay.ends.len();
-        if kept.is_empty() {
-            return Step {
-                active,
-                rows: counts,
+        if total == 0 {
+            return Plan {
+                rows,
                 nodes,
+                offsets: node_offsets,
                 edges: None,
-                reach: reach_of(&vec![false; nodes as usize * types]),
+                reach: Tensor::ones([nodes, 1], opts),
             };
         }
-
         let slots: Vec<i64> = lay.slots.iter().map(|s| s.len() as i64).collect();
-        let base = offsets(counts.iter().zip(&slots).map(|(n, c)| n * c));
-        let group_base = offsets(counts.iter().zip(&lay.queries).map(|(n, q)| n * q));
-        let groups: i64 = counts.iter().zip(&lay.queries).map(|(n, q)| n * q).sum();
+        let base = offsets(rows.iter().zip(&slots).map(|(n, c)| n * c));
+        let group_base = offsets(rows.iter().zip(&lay.queries).map(|(n, q)| n * q));
+        let groups: i64 = rows.iter().zip(&lay.queries).map(|(n, q)| n * q).sum();
+        // [2, E]: the source rows of every stacked edge, then their destination rows.
+        let pairs = Vec::<i64>::try_from(
+            &Tensor::cat(&b.edge_index, 1)
+                .view([-1])
+                .to_device(Device::Cpu),
+        )
+        .unwrap_or_else(|e| unreachable!("edge indices are int64 ({e})"));
+        let (src_rows, dst_rows) = pairs.split_at(total as usize);
+
         let heads = self.config.heads as i64;
-        let flat = 2 * kept.len();
+        let types = lay.ends.len();
+        let flat = 2 * total as usize;
         let mut query = Vec::with_capacity(flat);
         let mut key = Vec::with_capacity(flat);
         let mut value = Vec::with_capacity(flat);
@@ -1354,36 +1098,41 @@ impl HybridFraudNet {
         let mut dst = Vec::with_capacity(flat);
         let mut message = Vec::with_capacity(flat);
         let mut hits = vec![false; nodes as usize * types];
-        let mut per_relation = vec![0; Relation::ALL.len()];
-        for &g in kept {
-            let (r, s, d) = host.ends[g];
-            per_relation[r] += 1;
-            // Forward, the message goes from the edge's source row to its destination
-            // row; reverse, the other way.
-            for (m, from, to) in [(2 * r, s, d), (2 * r + 1, d, s)] {
-                let (src_t, dst_t) = lay.ends[m];
-                let (from, to) = (local[from as usize], local[to as usize]);
-                query.push(to * slots[dst_t] + base[dst_t] + lay.query_slot[m]);
-                let k = from * slots[src_t] + base[src_t] + lay.key_slot[m];
-                key.push(k);
-                value.push(k + 1);
-                let slot = to * lay.queries[dst_t] + group_base[dst_t] + lay.query_slot[m];
-                group.extend((0..heads).map(|h| slot * heads + h));
-                let row = to + row_offsets[dst_t];
-                dst.push(row);
-                message.push(m as i64);
-                hits[row as usize * types + m] = true;
+        let mut g = 0;
+        for (r, &e) in counts.iter().enumerate() {
+            for _ in 0..e {
+                let (s, d) = (src_rows[g], dst_rows[g]);
+                // Forward, the message goes from the edge's source row to its destination
+                // row; reverse, the other way.
+                for (m, from, to) in [(2 * r, s, d), (2 * r + 1, d, s)] {
+                    let (src_t, dst_t) = lay.ends[m];
+                    query.push(to * slots[dst_t] + base[dst_t] + lay.query_slot[m]);
+                    let k = from * slots[src_t] + base[src_t] + lay.key_slot[m];
+                    key.push(k);
+                    value.push(k + 1);
+                    let slot = to * lay.queries[dst_t] + group_base[dst_t] + lay.query_slot[m];
+                    group.extend((0..heads).map(|h| slot * heads + h));
+                    let row = to + node_offsets[dst_t];
+                    dst.push(row);
+                    message.push(m as i64);
+                    hits[row as usize * types + m] = true;
+                }
+                g += 1;
             }
         }
+        // A node's reach: how many message types have an edge into it.
+        let reach: Vec<f32> = hits
+            .chunks(types)
+            .map(|h| 1.0 / h.iter().filter(|&&x| x).count().max(1) as f32)
+            .collect();
         let upload = |v: &[i64]| Tensor::from_slice(v).to_device(opts.1);
-        Step {
-            active,
-            rows: counts,
+        Plan {
+            rows,
             nodes,
+            offsets: node_offsets,
             edges: Some(EdgePlan {
-                count: kept.len() as i64,
-                counts: per_relation,
-                features,
+                count: total,
+                offsets: offsets(counts.iter().copied()),
                 query: upload(&query),
                 key: upload(&key),
                 value: upload(&value),
@@ -1393,7 +1142,10 @@ impl HybridFraudNet {
                 dst: upload(&dst),
                 message: upload(&message),
             }),
-            reach: reach_of(&hits),
+            reach: Tensor::from_slice(&reach)
+                .view([nodes, 1])
+                .to_kind(opts.0)
+                .to_device(opts.1),
         }
     }
 
@@ -1412,19 +1164,15 @@ impl HybridFraudNet {
         let h = self.config.hidden as i64;
         // [E, direction · hidden]: the two flat edges of a stacked edge side by side.
         let rows = t.view([-1, 2 * h]);
-        let mut start = 0;
         for r in Relation::ALL {
-            let n = edges.counts[r.index()];
+            let n = b.edges(r);
             if n == 0 {
                 continue;
             }
             let weight = &fused.edge[(l * 2 + part) * Relation::ALL.len() + r.index()];
-            let features = match &edges.features {
-                Some(f) => f.narrow(0, start, n),
-                None => b.edge_features[r.index()].shallow_clone(),
-            };
-            let _ = rows.narrow(0, start, n).addmm_(&features, weight);
-            start += n;
+            let _ = rows
+                .narrow(0, edges.offsets[r.index()], n)
+                .addmm_(&b.edge_features[r.index()], weight);
         }
     }
 
@@ -1488,8 +1236,8 @@ impl HybridFraudNet {
         }
     }
 
-    /// One layer's attention messages over all message types at once: `[A, hidden]` for
-    /// the step's active rows `x`, per row the sum over message types of each type's attention-weighted messages
+    /// One layer's attention messages over all message types at once: `[nodes, hidden]`,
+    /// per node the sum over message types of each type's attention-weighted messages
     /// (the sum [`HybridFraudNet::message_passing`] builds one message type at a time).
     #[allow(clippy::too_many_arguments)]
     fn messages_fused(
@@ -1497,7 +1245,7 @@ impl HybridFraudNet {
         fused: &FusedWeights,
         l: usize,
         x: &Tensor,
-        step: &Step,
+        plan: &Plan,
         edges: &EdgePlan,
         b: &BatchTensors,
         train: bool,
@@ -1507,7 +1255,7 @@ impl HybridFraudNet {
         let dh = h / heads;
         let e = edges.count;
         let projected: Vec<Tensor> = x
-            .split_with_sizes(&step.rows, 0)
+            .split_with_sizes(&plan.rows, 0)
             .iter()
             .zip(&fused.projection[l])
             .map(|(xt, (w, b))| xt.linear(w, Some(b)).view([-1, h]))
@@ -1535,7 +1283,7 @@ impl HybridFraudNet {
             self.add_edge_terms(&v, fused, l, 1, edges, b);
             (v.view([2 * e, heads, dh]) * alpha).view([2 * e, h])
         };
-        Tensor::zeros([step.nodes, h], (x.kind(), x.device())).index_add(0, &edges.dst, &msg)
+        Tensor::zeros([plan.nodes, h], (x.kind(), x.device())).index_add(0, &edges.dst, &msg)
     }
 
     /// `x ← LayerNorm(x + Dropout(GELU(Linear(mean))))` per node type, on the stacked
@@ -1568,12 +1316,11 @@ impl HybridFraudNet {
         Tensor::cat(&normed, 0)
     }
 
-    /// The readout's input `[B, (2·node types + 1)·hidden]` from the stacked embeddings
-    /// `x` and the embeddings its means average (`averaged`, [`ReadoutMeans`]), in the order [`HybridFraudNet::forward_reference`] concatenates it.
+    /// The readout's input `[B, (2·node types + 1)·hidden]` from the stacked embeddings,
+    /// in the order [`HybridFraudNet::forward_reference`] concatenates it.
     fn readout_fused(
         &self,
         x: &Tensor,
-        averaged: &Tensor,
         own_account: Tensor,
         target: &Tensor,
         plan: &Plan,
@@ -1610,7 +1357,7 @@ impl HybridFraudNet {
             .collect();
         let bucket =
             Tensor::cat(&b.node_graph, 0) * types + Tensor::from_slice(&row_type).to_device(dev);
-        let sums = Tensor::zeros([bs * types, h], opts).index_add(0, &bucket, averaged);
+        let sums = Tensor::zeros([bs * types, h], opts).index_add(0, &bucket, x);
         let count = Tensor::zeros([bs * types], opts)
             .index_add(0, &bucket, &Tensor::ones([plan.nodes], opts))
             .clamp_min(1.0);

@@ -11,7 +11,6 @@ use fraudgraph_models::artifact::{
     ARTIFACT_FORMAT_VERSION, Artifact, ArtifactError, GBDT_FILE, MANIFEST_FILE, WEIGHTS_FILE,
     read_manifest, save_artifact, score_gbdt, score_gnn,
 };
-use fraudgraph_models::net::ReadoutMeans;
 use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::features;
 use tch::Device;
@@ -77,33 +76,6 @@ fn save_then_load_scores_the_same_bits() {
             .is_empty()
     );
     assert!(score_gbdt(&gbdt, &[], &mut rows).unwrap().is_empty());
-}
-
-#[test]
-fn a_format_2_artifact_loads_with_its_readout_over_the_final_embeddings() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    let (_vs, net, _gbdt) = save_tiny(&dir);
-    assert_eq!(net.config().readout_means, ReadoutMeans::Layer(1));
-    edit_manifest(&dir, |m| {
-        m["format_version"] = 2.into();
-        m["net"].as_object_mut().unwrap().remove("readout_means");
-    });
-    let artifact = Artifact::load(&dir, Device::Cpu).unwrap();
-    assert_eq!(artifact.manifest.format_version, 2);
-    assert_eq!(artifact.net.config().readout_means, ReadoutMeans::Final);
-
-    // Same weights, the other readout: other scores.
-    let subs = &fixture().train[..50];
-    let mut batch = Batch::default();
-    let first = score_gnn(&net, subs, MAX_SEQUENCE, &mut batch).unwrap();
-    let last = score_gnn(&artifact.net, subs, MAX_SEQUENCE, &mut batch).unwrap();
-    assert!(first.iter().zip(&last).any(|(a, b)| (a - b).abs() > 1e-4));
-
-    // The current format keeps it.
-    save_tiny(&dir);
-    let artifact = Artifact::load(&dir, Device::Cpu).unwrap();
-    assert_eq!(artifact.net.config().readout_means, ReadoutMeans::Layer(1));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use fraudgraph_models::artifact::{Manifest, Thresholds, save_artifact};
 use fraudgraph_models::dataset::{self, LabelledStream, Period, Split};
 use fraudgraph_models::gbdt::{Gbdt, GbdtParams, tabular_features, tabular_width};
-use fraudgraph_models::net::{HybridFraudNet, NetConfig, ReadoutMeans};
+use fraudgraph_models::net::{HybridFraudNet, NetConfig};
 use fraudgraph_sampler::graph::GraphConfig;
 use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph};
 use fraudgraph_simulator::{SimConfig, Simulation};
@@ -27,7 +27,6 @@ pub fn tiny_net() -> NetConfig {
         layers: 2,
         dropout: 0.1,
         time_dims: 4,
-        readout_means: ReadoutMeans::Layer(1),
         ..NetConfig::default()
     }
 }
