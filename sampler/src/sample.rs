@@ -347,7 +347,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     // Hops 1..=3: every node first reached at the hop before adds up to
     // `fanouts[hop - 1]` neighbours.
     let mut rng = SplitMix(config.seed ^ (txn_hash(&txn.txn_id) as u64));
-    let mut candidates = Vec::new();
+    let (mut candidates, mut times) = (Vec::new(), Vec::new());
     let mut frontier: Vec<(NodeType, NodeRef, u32)> = account
         .map(|a| (NodeType::Account, a, account_row))
         .into_iter()
@@ -367,7 +367,13 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             graph.with_node(t, n, |node| {
                 visible_edges(node, t, t_s, keep, &mut candidates)
             });
-            choose(&mut candidates, fanout, config.strategy, &mut rng);
+            choose(
+                &mut candidates,
+                fanout,
+                config.strategy,
+                &mut rng,
+                &mut times,
+            );
             // Start loading every chosen neighbour's first line before reading any: their
             // cache misses overlap instead of queueing one after the other.
             for &(relation, side, view) in &candidates {
@@ -449,11 +455,14 @@ fn visible_edges(
 /// that does not depend on how they are stored: the stored order changes when the target
 /// itself is applied (its edge moves to the end of the list), and sampling before and after
 /// that, or a retry, must give the same subgraph row for row.
+///
+/// `times` is scratch space (its contents are overwritten).
 fn choose(
     c: &mut Vec<(Relation, Side, EdgeView)>,
     k: usize,
     strategy: Strategy,
     rng: &mut SplitMix,
+    times: &mut Vec<u32>,
 ) {
     if k == 0 {
         c.clear();
@@ -469,11 +478,17 @@ fn choose(
                     .then(a.2.nbr.cmp(&b.2.nbr))
             };
             if c.len() > k {
-                // Partition around the k-th most recent in O(n).
-                c.select_nth_unstable_by(k - 1, newest_first);
-                c.truncate(k);
+                // The k-th newest last sighting, selected among 4-byte times rather than
+                // among the 32-byte candidates (short slices are selected by insertion
+                // sort, so what moves matters); every candidate seen later is kept, and
+                // of those seen in that second the first in canonical order.
+                times.clear();
+                times.extend(c.iter().map(|x| x.2.last_s));
+                let (_, &mut kth, _) = times.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+                c.retain(|x| x.2.last_s >= kth);
             }
             c.sort_unstable_by(newest_first);
+            c.truncate(k);
         }
         Strategy::Weighted => {
             // Draws in the canonical order too.
@@ -641,7 +656,13 @@ mod tests {
         };
         for k in [1, 5, 20, 60, 100] {
             let mut chosen = all.clone();
-            choose(&mut chosen, k, Strategy::MostRecent, &mut SplitMix(0));
+            choose(
+                &mut chosen,
+                k,
+                Strategy::MostRecent,
+                &mut SplitMix(0),
+                &mut Vec::new(),
+            );
             let mut want = all.clone();
             want.sort_by(explicit);
             want.truncate(k);
