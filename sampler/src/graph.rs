@@ -32,8 +32,9 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
 use fraudgraph_proto::v1::Transaction;
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
+use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::adjacency::Adjacency;
 use crate::hot::{HotTable, HotView};
@@ -385,7 +386,10 @@ impl Node {
 
 #[derive(Default)]
 pub(crate) struct Shard {
-    pub(crate) index: FxHashMap<Box<str>, u32>,
+    /// Every live node as (slot, [`IdHash::tag`]), found by the [`IdHash`] of its id and
+    /// confirmed against the node's own key: the id is stored once, in the node, an
+    /// entry is 8 bytes, and growing the table rehashes from the entries alone.
+    pub(crate) index: HashTable<(u32, u32)>,
     /// Slot-addressed nodes; an evicted slot holds a tombstone (empty key).
     pub(crate) nodes: Vec<Node>,
     /// Evicted slots, reused by new nodes.
@@ -483,6 +487,41 @@ pub struct Graph {
     pub(crate) dedupe: Mutex<Dedupe>,
 }
 
+/// The hash of a node id: its top bits pick the shard, its low 32 (the *tag*) place it
+/// in the shard's index, which stores the tag with the slot so that growing the index,
+/// and most mismatches, need not read the node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdHash(u64);
+
+impl IdHash {
+    /// The hash of `key`.
+    pub(crate) fn of(key: &str) -> IdHash {
+        IdHash(std::hash::BuildHasher::hash_one(&FxBuildHasher, key))
+    }
+
+    /// The shard the id lives in.
+    pub(crate) fn shard(self) -> usize {
+        // The top bits of the multiplied hash: well spread, and independent of the tag.
+        (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_BITS)) as usize
+    }
+
+    /// The 32 bits the index stores.
+    pub(crate) fn tag(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The index's hash of the id.
+    pub(crate) fn table(self) -> u64 {
+        Self::table_of(self.tag())
+    }
+
+    /// The index's hash of an id with `tag`: the tag spread over 64 bits (the table
+    /// takes its bucket from the low bits and its control byte from the top ones).
+    pub(crate) fn table_of(tag: u32) -> u64 {
+        u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(tag)
+    }
+}
+
 fn hash_str(s: &str, salt: u64) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     salt.hash(&mut h);
@@ -516,20 +555,17 @@ impl Graph {
         &self.config
     }
 
-    fn shard_of(key: &str) -> usize {
-        // The top bits of a multiplied Fx hash: fast and well spread.
-        let h = std::hash::BuildHasher::hash_one(&FxBuildHasher, key);
-        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_BITS)) as usize
-    }
-
     /// The node with this id, if the graph has it.
     pub fn lookup(&self, t: NodeType, key: &str) -> Option<NodeRef> {
-        let shard = Self::shard_of(key);
+        let h = IdHash::of(key);
+        let shard = h.shard();
         let guard = self.shards[t.index()][shard].read();
         guard
             .index
-            .get(key)
-            .map(|&slot| NodeRef::new(shard, slot as usize))
+            .find(h.table(), |&(slot, tag)| {
+                tag == h.tag() && &*guard.nodes[slot as usize].key == key
+            })
+            .map(|&(slot, _)| NodeRef::new(shard, slot as usize))
     }
 
     /// The id of a node, `None` once it has been evicted.
@@ -569,11 +605,16 @@ impl Graph {
     }
 
     fn intern(&self, t: NodeType, key: &str, time_ms: i64) -> NodeRef {
-        let shard = Self::shard_of(key);
+        let h = IdHash::of(key);
+        let shard = h.shard();
         let mut guard = self.shards[t.index()][shard].write();
-        if let Some(&slot) = guard.index.get(key) {
+        let Shard { index, nodes, free } = &mut *guard;
+        let found = index.find(h.table(), |&(slot, tag)| {
+            tag == h.tag() && &*nodes[slot as usize].key == key
+        });
+        if let Some(&(slot, _)) = found {
             let at = NodeRef::new(shard, slot as usize);
-            let node = &mut guard.nodes[slot as usize];
+            let node = &mut nodes[slot as usize];
             if time_ms < node.first_ms {
                 node.first_ms = time_ms;
                 self.hot[t.index()].publish(at, node);
@@ -581,23 +622,22 @@ impl Graph {
             return at;
         }
         let node = Node::new(key, t, time_ms);
-        let slot = match guard.free.pop() {
+        let slot = match free.pop() {
             Some(slot) => {
-                guard.nodes[slot as usize] = node;
+                nodes[slot as usize] = node;
                 slot as usize
             }
             None => {
-                assert!(
-                    guard.nodes.len() < (1 << (32 - SHARD_BITS)),
-                    "node shard full"
-                );
-                guard.nodes.push(node);
-                guard.nodes.len() - 1
+                assert!(nodes.len() < (1 << (32 - SHARD_BITS)), "node shard full");
+                nodes.push(node);
+                nodes.len() - 1
             }
         };
-        guard.index.insert(key.into(), slot as u32);
+        index.insert_unique(h.table(), (slot as u32, h.tag()), |&(_, tag)| {
+            IdHash::table_of(tag)
+        });
         let at = NodeRef::new(shard, slot);
-        self.hot[t.index()].publish(at, &guard.nodes[slot]);
+        self.hot[t.index()].publish(at, &nodes[slot]);
         at
     }
 
@@ -627,7 +667,11 @@ impl Graph {
                         n.sequence.pop_front();
                     }
                     if left == 0 && n.agg.l_ms < cutoff_ms {
-                        index.remove(&n.key);
+                        let h = IdHash::of(&n.key);
+                        if let Ok(entry) = index.find_entry(h.table(), |&(s, _)| s as usize == slot)
+                        {
+                            entry.remove();
+                        }
                         // A tombstone keeps its (empty) ports, so a sampler
                         // still holding this address reads nothing, safely.
                         *n = Node::new("", t, i64::MAX);
@@ -839,11 +883,11 @@ impl Graph {
             for shard in self.shards[t.index()].iter() {
                 let g = shard.read();
                 s.nodes[t.index()] += (g.nodes.len() - g.free.len()) as u64;
+                // An entry and a control byte per bucket.
                 s.node_bytes +=
-                    (g.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 8)) as u64;
+                    (g.index.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)) as u64;
                 for n in g.nodes.iter().filter(|n| n.is_live()) {
-                    // The index holds a second copy of the key.
-                    s.node_bytes += n.approx_bytes() as u64 + n.key.len() as u64;
+                    s.node_bytes += n.approx_bytes() as u64;
                     half_edges += n.ports.edge_count() as u64;
                     s.edge_bytes += (n.ports.capacity() * std::mem::size_of::<Edge>()) as u64;
                 }

@@ -22,13 +22,14 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use sha2::{Digest, Sha256};
 
 use crate::adjacency::Adjacency;
 use crate::graph::{
-    Aggregates, Dedupe, Edge, Graph, GraphConfig, Node, NodeRef, SHARDS, SeqItem, Shard,
+    Aggregates, Dedupe, Edge, Graph, GraphConfig, IdHash, Node, NodeRef, SHARDS, SeqItem, Shard,
 };
 use crate::schema::NodeType;
 
@@ -458,13 +459,21 @@ impl Graph {
                 for _ in 0..SHARDS {
                     let n = d.len("node")?;
                     let mut nodes = Vec::with_capacity(n);
-                    let mut index = FxHashMap::with_capacity_and_hasher(n, Default::default());
-                    for slot in 0..n {
-                        let node = decode_node(d)?;
-                        if node.is_live() {
-                            index.insert(node.key.clone(), slot as u32);
+                    for _ in 0..n {
+                        nodes.push(decode_node(d)?);
+                    }
+                    let mut index = HashTable::with_capacity(n);
+                    for (slot, node) in nodes.iter().enumerate().filter(|(_, n)| n.is_live()) {
+                        let h = IdHash::of(&node.key);
+                        let twice = index.find(h.table(), |&(s, tag)| {
+                            tag == h.tag() && nodes[s as usize].key == node.key
+                        });
+                        if twice.is_some() {
+                            return Err("a node id appears twice in one shard".into());
                         }
-                        nodes.push(node);
+                        index.insert_unique(h.table(), (slot as u32, h.tag()), |&(_, tag)| {
+                            IdHash::table_of(tag)
+                        });
                     }
                     let free = (0..d.len("free slot")?)
                         .map(|_| d.u32())

@@ -301,6 +301,8 @@ fn eviction_keeps_a_long_stream_bounded() {
                 (NodeType::Card, format!("card-{d}-{i}")),
             ] {
                 let r = g.lookup(ty, &k).expect("recent entities stay");
+                // Slots of evicted nodes are reused: the index must find this one's.
+                assert_eq!(g.key_of(ty, r).as_deref(), Some(k.as_str()));
                 keys.insert((ty, k), r);
             }
         }
