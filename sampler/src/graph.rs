@@ -97,10 +97,10 @@ impl NodeRef {
     fn new(shard: usize, slot: usize) -> Self {
         NodeRef(((slot as u32) << SHARD_BITS) | shard as u32)
     }
-    fn shard(self) -> usize {
+    pub(crate) fn shard(self) -> usize {
         (self.0 & ((1 << SHARD_BITS) - 1)) as usize
     }
-    fn slot(self) -> usize {
+    pub(crate) fn slot(self) -> usize {
         (self.0 >> SHARD_BITS) as usize
     }
 }
@@ -604,7 +604,7 @@ impl Graph {
         f(&guard.nodes[node.slot()])
     }
 
-    fn intern(&self, t: NodeType, key: &str, time_ms: i64) -> NodeRef {
+    pub(crate) fn intern(&self, t: NodeType, key: &str, time_ms: i64) -> NodeRef {
         let h = IdHash::of(key);
         let shard = h.shard();
         let mut guard = self.shards[t.index()][shard].write();
