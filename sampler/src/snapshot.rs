@@ -346,31 +346,13 @@ impl Graph {
         out
     }
 
-    /// Writes a snapshot atomically to `path`.
+    /// Writes a snapshot atomically to `path`. It reads the graph shard by shard: call it
+    /// when nothing is being applied (from the writer, or holding whatever serialises the
+    /// writers), or a transaction applied meanwhile may be recorded as applied while only
+    /// some of its nodes are in the file. [`Graph::snapshot_bytes`] under that lock, then
+    /// [`write_snapshot_bytes`] after it, keeps the writer waiting for the encoding only.
     pub fn write_snapshot(&self, path: &Path, offsets: &Offsets) -> Result<(), SnapshotError> {
-        let io = |source| SnapshotError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let bytes = self.snapshot_bytes(offsets);
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("snapshot"),
-            std::process::id()
-        ));
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io)?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(())
+        write_snapshot_bytes(path, &self.snapshot_bytes(offsets))
     }
 
     /// Reads a snapshot written by [`Graph::write_snapshot`] for a graph
@@ -509,6 +491,34 @@ impl Graph {
         };
         decode(&mut d).map_err(corrupt)
     }
+}
+
+/// Writes snapshot bytes ([`Graph::snapshot_bytes`]) to `path` atomically: a temporary file
+/// in the same directory, synced, renamed over `path`, and the directory synced, so a crash
+/// leaves the previous snapshot or the new one, never a torn file.
+pub fn write_snapshot_bytes(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("snapshot"),
+        std::process::id()
+    ));
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -367,7 +367,7 @@ async fn shutdown(
             let _ = d.join();
         }
         if let Some(path) = &config.snapshot.path {
-            write_snapshot(&live, path, &offsets, &metrics)?;
+            write_snapshot(&live, path, || offsets, &metrics)?;
         }
         tracing::info!("stopped");
         Ok(())
@@ -375,14 +375,17 @@ async fn shutdown(
     .await?
 }
 
+/// Writes the graph's snapshot with the offsets `offsets` gives, both read under the
+/// writer lock ([`LiveGraph::snapshot_bytes`]); the file is written after it.
 fn write_snapshot(
     live: &LiveGraph,
     path: &Path,
-    offsets: &Offsets,
+    offsets: impl FnOnce() -> Offsets,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    match live.graph().write_snapshot(path, offsets) {
+    let bytes = live.snapshot_bytes(offsets);
+    match fraudgraph_sampler::snapshot::write_snapshot_bytes(path, &bytes) {
         Ok(()) => {
             metrics.snapshots.with_label_values(&["ok"]).inc();
             tracing::info!(
@@ -440,15 +443,18 @@ async fn maintain(
                 .with_label_values(&["unknown"])
                 .set(unknown as i64);
             if let Some(path) = snapshot {
-                // Offsets first: the graph then holds at least what they say, and a replay
-                // from them re-applies the rest idempotently.
-                let offsets = state
-                    .ingest
-                    .lock()
-                    .as_ref()
-                    .map(Ingest::applied_offsets)
-                    .unwrap_or_default();
-                if let Err(e) = write_snapshot(&live, &path, &offsets, &metrics) {
+                // The offsets under the writer lock, with the graph: it then holds every
+                // transaction they cover, whole, and a replay from them re-applies the rest
+                // idempotently.
+                let offsets = || {
+                    state
+                        .ingest
+                        .lock()
+                        .as_ref()
+                        .map(Ingest::applied_offsets)
+                        .unwrap_or_default()
+                };
+                if let Err(e) = write_snapshot(&live, &path, offsets, &metrics) {
                     tracing::error!(error = %format!("{e:#}"), "periodic snapshot failed");
                 }
             }
