@@ -189,34 +189,30 @@ mod tests {
     #[test]
     fn a_backlog_joins_the_batch_formed_when_a_buffer_frees_up() {
         let graph = Graph::new(GraphConfig::default());
-        let Running {
-            items: items_tx,
-            free: free_tx,
-            staged: staged_rx,
-            thread,
-        } = start(1, Duration::from_millis(1));
+        let run = start(1, Duration::from_millis(1));
         let mut replies = Vec::new();
         let (first, rx) = item(&graph, 0);
         replies.push(rx);
-        items_tx.send(first).unwrap();
+        run.items.send(first).unwrap();
         // The first window closes with one request; the batcher now waits for a buffer
         // (the inference thread is "busy") while nine more arrive.
         std::thread::sleep(Duration::from_millis(30));
         for i in 1..10 {
             let (next, rx) = item(&graph, i);
             replies.push(rx);
-            items_tx.send(next).unwrap();
+            run.items.send(next).unwrap();
         }
         std::thread::sleep(Duration::from_millis(30));
-        free_tx.send(StagingBuffer::default()).unwrap();
-        let staged = staged_rx
+        run.free.send(StagingBuffer::default()).unwrap();
+        let staged = run
+            .staged
             .recv_timeout(Duration::from_secs(10))
             .expect("a batch is staged");
         assert_eq!(staged.waiters.len(), 10, "the backlog joined the batch");
         assert_eq!(staged.tensors.expect("collated").size, 10);
-        drop(items_tx);
-        drop(staged_rx);
-        thread.join().unwrap();
+        drop(run.items);
+        drop(run.staged);
+        run.thread.join().unwrap();
     }
 
     /// A request that finds the inference thread idle is not held back waiting for others
@@ -224,35 +220,32 @@ mod tests {
     #[test]
     fn an_idle_inference_thread_gets_its_batch_without_the_wait() {
         let graph = Graph::new(GraphConfig::default());
-        let Running {
-            items: items_tx,
-            free: free_tx,
-            staged: staged_rx,
-            thread,
-        } = start(2, Duration::from_secs(30));
+        let run = start(2, Duration::from_secs(30));
         for _ in 0..2 {
-            free_tx.send(StagingBuffer::default()).unwrap();
+            run.free.send(StagingBuffer::default()).unwrap();
         }
         let (first, _rx) = item(&graph, 0);
-        items_tx.send(first).unwrap();
-        let staged = staged_rx
+        run.items.send(first).unwrap();
+        let staged = run
+            .staged
             .recv_timeout(Duration::from_secs(10))
             .expect("staged long before max_wait");
         assert_eq!(staged.waiters.len(), 1);
         // With a batch in flight (one buffer out), the next request waits for company:
         // nothing is staged before max_wait (30 s) unless more requests fill the batch.
         let (second, _rx2) = item(&graph, 1);
-        items_tx.send(second).unwrap();
+        run.items.send(second).unwrap();
         assert!(
-            staged_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            run.staged.recv_timeout(Duration::from_millis(300)).is_err(),
             "a busy inference thread's next batch waits for more requests"
         );
-        drop(items_tx);
-        let staged = staged_rx
+        drop(run.items);
+        let staged = run
+            .staged
             .recv_timeout(Duration::from_secs(10))
             .expect("closing the queue flushes the batch");
         assert_eq!(staged.waiters.len(), 1);
-        drop(staged_rx);
-        thread.join().unwrap();
+        drop(run.staged);
+        run.thread.join().unwrap();
     }
 }
