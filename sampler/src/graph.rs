@@ -386,10 +386,8 @@ impl Node {
 
 #[derive(Default)]
 pub(crate) struct Shard {
-    /// Every live node as (slot, [`IdHash::tag`]), found by the [`IdHash`] of its id and
-    /// confirmed against the node's own key: the id is stored once, in the node, an
-    /// entry is 8 bytes, and growing the table rehashes from the entries alone.
-    pub(crate) index: HashTable<(u32, u32)>,
+    /// The slot of every live node, by id ([`IdIndex`]).
+    pub(crate) index: IdIndex,
     /// Slot-addressed nodes; an evicted slot holds a tombstone (empty key).
     pub(crate) nodes: Vec<Node>,
     /// Evicted slots, reused by new nodes.
@@ -517,8 +515,50 @@ impl IdHash {
 
     /// The index's hash of an id with `tag`: the tag spread over 64 bits (the table
     /// takes its bucket from the low bits and its control byte from the top ones).
-    pub(crate) fn table_of(tag: u32) -> u64 {
+    fn table_of(tag: u32) -> u64 {
         u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(tag)
+    }
+}
+
+/// A shard's index: every live node as (slot, [`IdHash::tag`]), found by the [`IdHash`] of
+/// its id and confirmed against the node's own key. The id is stored once, in the node; an
+/// entry is 8 bytes, and growing the table rehashes from the entries alone.
+#[derive(Default)]
+pub(crate) struct IdIndex(HashTable<(u32, u32)>);
+
+impl IdIndex {
+    /// An empty index with room for `n` nodes.
+    pub(crate) fn with_capacity(n: usize) -> IdIndex {
+        IdIndex(HashTable::with_capacity(n))
+    }
+
+    /// The slot of the node of `nodes` whose id is `key` (with hash `h`).
+    pub(crate) fn find(&self, nodes: &[Node], h: IdHash, key: &str) -> Option<u32> {
+        self.0
+            .find(h.table(), |&(slot, tag)| {
+                tag == h.tag() && &*nodes[slot as usize].key == key
+            })
+            .map(|&(slot, _)| slot)
+    }
+
+    /// Adds the node at `slot`, whose id has hash `h` and is not in the index.
+    pub(crate) fn insert(&mut self, h: IdHash, slot: u32) {
+        self.0
+            .insert_unique(h.table(), (slot, h.tag()), |&(_, tag)| {
+                IdHash::table_of(tag)
+            });
+    }
+
+    /// Removes the node at `slot`, whose id has hash `h`.
+    pub(crate) fn remove(&mut self, h: IdHash, slot: u32) {
+        if let Ok(entry) = self.0.find_entry(h.table(), |&(s, _)| s == slot) {
+            entry.remove();
+        }
+    }
+
+    /// Bytes of its table: an entry and a control byte per bucket.
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)
     }
 }
 
@@ -562,10 +602,8 @@ impl Graph {
         let guard = self.shards[t.index()][shard].read();
         guard
             .index
-            .find(h.table(), |&(slot, tag)| {
-                tag == h.tag() && &*guard.nodes[slot as usize].key == key
-            })
-            .map(|&(slot, _)| NodeRef::new(shard, slot as usize))
+            .find(&guard.nodes, h, key)
+            .map(|slot| NodeRef::new(shard, slot as usize))
     }
 
     /// The id of a node, `None` once it has been evicted.
@@ -609,10 +647,7 @@ impl Graph {
         let shard = h.shard();
         let mut guard = self.shards[t.index()][shard].write();
         let Shard { index, nodes, free } = &mut *guard;
-        let found = index.find(h.table(), |&(slot, tag)| {
-            tag == h.tag() && &*nodes[slot as usize].key == key
-        });
-        if let Some(&(slot, _)) = found {
+        if let Some(slot) = index.find(nodes, h, key) {
             let at = NodeRef::new(shard, slot as usize);
             let node = &mut nodes[slot as usize];
             if time_ms < node.first_ms {
@@ -633,9 +668,7 @@ impl Graph {
                 nodes.len() - 1
             }
         };
-        index.insert_unique(h.table(), (slot as u32, h.tag()), |&(_, tag)| {
-            IdHash::table_of(tag)
-        });
+        index.insert(h, slot as u32);
         let at = NodeRef::new(shard, slot);
         self.hot[t.index()].publish(at, &nodes[slot]);
         at
@@ -667,11 +700,7 @@ impl Graph {
                         n.sequence.pop_front();
                     }
                     if left == 0 && n.agg.l_ms < cutoff_ms {
-                        let h = IdHash::of(&n.key);
-                        if let Ok(entry) = index.find_entry(h.table(), |&(s, _)| s as usize == slot)
-                        {
-                            entry.remove();
-                        }
+                        index.remove(IdHash::of(&n.key), slot as u32);
                         // A tombstone keeps its (empty) ports, so a sampler
                         // still holding this address reads nothing, safely.
                         *n = Node::new("", t, i64::MAX);
@@ -884,8 +913,7 @@ impl Graph {
                 let g = shard.read();
                 s.nodes[t.index()] += (g.nodes.len() - g.free.len()) as u64;
                 // An entry and a control byte per bucket.
-                s.node_bytes +=
-                    (g.index.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)) as u64;
+                s.node_bytes += g.index.bytes() as u64;
                 for n in g.nodes.iter().filter(|n| n.is_live()) {
                     s.node_bytes += n.approx_bytes() as u64;
                     half_edges += n.ports.edge_count() as u64;

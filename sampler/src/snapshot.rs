@@ -22,14 +22,14 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashSet;
 use sha2::{Digest, Sha256};
 
 use crate::adjacency::Adjacency;
 use crate::graph::{
-    Aggregates, Dedupe, Edge, Graph, GraphConfig, IdHash, Node, NodeRef, SHARDS, SeqItem, Shard,
+    Aggregates, Dedupe, Edge, Graph, GraphConfig, IdHash, IdIndex, Node, NodeRef, SHARDS, SeqItem,
+    Shard,
 };
 use crate::schema::NodeType;
 
@@ -444,18 +444,13 @@ impl Graph {
                     for _ in 0..n {
                         nodes.push(decode_node(d)?);
                     }
-                    let mut index = HashTable::with_capacity(n);
+                    let mut index = IdIndex::with_capacity(n);
                     for (slot, node) in nodes.iter().enumerate().filter(|(_, n)| n.is_live()) {
                         let h = IdHash::of(&node.key);
-                        let twice = index.find(h.table(), |&(s, tag)| {
-                            tag == h.tag() && nodes[s as usize].key == node.key
-                        });
-                        if twice.is_some() {
+                        if index.find(&nodes, h, &node.key).is_some() {
                             return Err("a node id appears twice in one shard".into());
                         }
-                        index.insert_unique(h.table(), (slot as u32, h.tag()), |&(_, tag)| {
-                            IdHash::table_of(tag)
-                        });
+                        index.insert(h, slot as u32);
                     }
                     let free = (0..d.len("free slot")?)
                         .map(|_| d.u32())
