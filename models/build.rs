@@ -10,4 +10,25 @@ fn main() {
     println!("cargo:rerun-if-changed=build/libtorch_link.rs");
     println!("cargo:rerun-if-changed=build/torch_version.rs");
     link_libtorch();
+    compile_inference_mode();
+}
+
+/// Compiles `cpp/inference_mode.cpp` (c10::InferenceMode behind three C functions, see
+/// `src/inference_mode.rs`) against the headers of the libtorch torch-sys links.
+fn compile_inference_mode() {
+    println!("cargo:rerun-if-changed=cpp/inference_mode.cpp");
+    let lib = std::path::PathBuf::from(
+        std::env::var_os("DEP_TCH_LIBTORCH_LIB").expect("checked by link_libtorch"),
+    );
+    let include = lib.parent().unwrap_or(&lib).join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .include(&include)
+        .flag("-std=c++17")
+        // Every libtorch 2.x release for Linux uses the C++11 ABI (and the guard passes
+        // no std::string across the boundary anyway).
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .file("cpp/inference_mode.cpp")
+        .compile("fraudgraph_inference_mode");
 }

@@ -31,6 +31,7 @@
 //! libtorch, so nothing needs `LD_LIBRARY_PATH`.
 
 pub mod dataset;
+pub mod inference_mode;
 pub mod net;
 pub mod runtime;
 pub mod tensors;

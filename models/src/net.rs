@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use crate::inference_mode::InferenceMode;
 use crate::tensors::{BatchTensors, NODE_TYPES};
 
 /// Hidden-sized vectors the readout concatenates: the target account's skip and final
@@ -659,6 +660,9 @@ impl HybridFraudNet {
     /// place, in precision or in device), which saves ~120 small libtorch ops per call.
     pub fn predict(&self, batch: &BatchTensors) -> Result<Tensor, NetError> {
         let _no_grad = tch::no_grad_guard();
+        // Skips autograd's per-op bookkeeping; what it creates never reaches training
+        // (see `crate::inference_mode`).
+        let _inference = InferenceMode::enter();
         let kind = self.kind();
         let converted;
         let batch = if batch.kind() == kind {

@@ -354,7 +354,8 @@ fn reduced_precision_predictions_follow_f32() {
 #[test]
 fn predict_follows_parameter_changes_made_between_calls() {
     // predict keeps the fused pass's concatenated weights between calls; an optimizer
-    // step (an in-place write) must be seen by the next call, as it is by forward_t.
+    // step (an in-place write) must be seen by the next call, as it is by forward_t. It
+    // runs in inference mode, and training must still work after it.
     let batch = synthetic_batch(4, 6, 3);
     let bt = BatchTensors::from_batch(&batch, Device::Cpu).unwrap();
     let (vs, net) = model(8, &tiny());
@@ -363,6 +364,10 @@ fn predict_follows_parameter_changes_made_between_calls() {
         net.forward_fused(&bt, false).unwrap().sigmoid()
     };
     let before = net.predict(&bt).unwrap();
+    assert!(
+        before.is_inference(),
+        "predict runs in libtorch's inference mode"
+    );
     assert_eq!(
         f64::try_from((&before - fresh(&net)).abs().max()).unwrap(),
         0.0
