@@ -11,6 +11,8 @@
 //!   whether `libtorch_cuda.so` stayed linked) and small real smoke tests of both.
 //! - [`tensors`]: the sampler's collated batch as libtorch tensors on one device, shapes
 //!   and index ranges checked.
+//! - [`inference_mode`]: libtorch's inference mode (a C++ guard tch does not expose), which
+//!   [`net::HybridFraudNet::predict`] runs in.
 //! - [`net`]: Hybrid-FraudNet, relation-aware heterogeneous graph attention fused with
 //!   temporal attention over the account's history; its configuration and precision switch.
 //! - [`gbdt`]: the LightGBM fallback on tabular features (the transaction and its one-hop
