@@ -13,6 +13,7 @@
 mod commands;
 mod config;
 mod explain;
+mod host;
 mod ingest;
 mod kafka;
 mod labels;

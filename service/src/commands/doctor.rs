@@ -2,7 +2,8 @@
 //! the binary runs with (and the one it was built against), CUDA, LightGBM
 //! and, when asked, whether the Kafka broker answers. Each check really runs
 //! its component (a matmul, a tiny LightGBM model, a metadata request); the
-//! command fails when any check fails.
+//! command fails when any check fails. It also warns (without failing) when the
+//! host would put the graph on transparent huge pages (see [`crate::host`]).
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use fraudgraph_models::runtime::{self, LIGHTGBM_VERSION};
 use serde_json::json;
 use tch::Device;
 
+use crate::host::HugePages;
 use crate::kafka;
 
 /// Arguments of `fraudgraph doctor`.
@@ -52,6 +54,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     if let Err(e) = &lightgbm {
         failures.push(format!("LightGBM check: {e}"));
     }
+    let huge_pages = HugePages::detect();
+    let huge_page_warning = huge_pages.warning();
     let kafka = args.kafka_brokers.as_deref().map(|brokers| {
         let result = kafka::check_broker(brokers, Duration::from_secs(args.kafka_timeout_s));
         if let Err(e) = &result {
@@ -86,6 +90,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 "cluster_brokers": r.as_ref().ok().map(|i| i.brokers),
                 "topics": r.as_ref().ok().map(|i| i.topics.len()),
             })),
+            "huge_pages": {
+                "thp": huge_pages.thp,
+                "glibc_hugetlb": huge_pages.glibc_hugetlb,
+                "warning": huge_page_warning,
+            },
             "ok": failures.is_empty(),
             "failures": failures,
         });
@@ -142,6 +151,14 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 ),
                 Err(_) => println!("Kafka        {brokers} does NOT answer"),
             }
+        }
+        println!(
+            "Memory       transparent huge pages: {}, glibc hugetlb tunable: {}",
+            huge_pages.thp.as_deref().unwrap_or("unknown"),
+            huge_pages.glibc_hugetlb.as_deref().unwrap_or("not set")
+        );
+        if let Some(warning) = &huge_page_warning {
+            println!("WARNING: {warning}");
         }
         for f in &failures {
             println!("FAILED: {f}");

@@ -129,6 +129,9 @@ struct Running {
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    if let Some(warning) = crate::host::HugePages::detect().warning() {
+        tracing::warn!("{warning}");
+    }
 
     // The model.
     let dir = match &config.artifact {
