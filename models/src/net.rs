@@ -658,6 +658,8 @@ impl HybridFraudNet {
     /// converted to the model's precision first if needed. The fused pass's concatenated
     /// weights are kept from one call to the next while no parameter has changed (in
     /// place, in precision or in device), which saves ~120 small libtorch ops per call.
+    /// Runs in libtorch's inference mode ([`crate::inference_mode`]): the returned tensor
+    /// can be read and used in new computations, but not modified in place or trained on.
     pub fn predict(&self, batch: &BatchTensors) -> Result<Tensor, NetError> {
         let _no_grad = tch::no_grad_guard();
         // Skips autograd's per-op bookkeeping; what it creates never reaches training
