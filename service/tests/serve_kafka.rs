@@ -462,10 +462,39 @@ async fn a_crash_mid_stream_loses_nothing_and_applies_nothing_twice() {
     steady.wait_serving(Duration::from_secs(180)).await;
     wait_transactions(&steady, n, Duration::from_secs(60)).await;
     let reference = steady.status().await.graph.unwrap();
-    assert_eq!(after.transactions, reference.transactions);
-    assert_eq!(after.edges, reference.edges);
-    assert_eq!(after.nodes_by_type, reference.nodes_by_type);
-    assert_eq!(after.watermark_ms, reference.watermark_ms);
+    // On a mismatch, what each run's Kafka consumer did (records by outcome, merge
+    // give-ups): a graph can only differ if some run applied in another order or refused.
+    let consumer = |metrics: String| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("fraudgraph_kafka_records_total")
+                    || l.starts_with("fraudgraph_kafka_merge_gave_up_total")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let (restarted, uninterrupted) = (
+        consumer(again.scrape().await),
+        consumer(steady.scrape().await),
+    );
+    assert_eq!(
+        (
+            after.transactions,
+            after.edges,
+            &after.nodes_by_type,
+            after.watermark_ms
+        ),
+        (
+            reference.transactions,
+            reference.edges,
+            &reference.nodes_by_type,
+            reference.watermark_ms
+        ),
+        "(transactions, edges, nodes, watermark) after the crash and restart vs an \
+         uninterrupted run; crashed run's Kafka records {crashed_records:?} and warnings \
+         {crashed_warnings:#?}; restarted run {restarted:?}; uninterrupted run {uninterrupted:?}"
+    );
     assert!(again.terminate().success());
     assert!(steady.terminate().success());
 }
