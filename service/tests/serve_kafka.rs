@@ -203,6 +203,19 @@ fn txn_ids_in_topic(brokers: &str) -> HashSet<String> {
     ids
 }
 
+/// The lines of a /metrics scrape that say what the Kafka consumer did: records by
+/// outcome and the partition merge's give-ups (for assertion messages).
+fn kafka_consumer_lines(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("fraudgraph_kafka_records_total")
+                || l.starts_with("fraudgraph_kafka_merge_gave_up_total")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Waits until Status reports `n` transactions in the graph.
 async fn wait_transactions(serve: &Serve, n: u64, timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
@@ -401,14 +414,7 @@ async fn a_crash_mid_stream_loses_nothing_and_applies_nothing_twice() {
     // stream can be applied within ~1.5 s of it).
     tokio::time::sleep(Duration::from_millis(400)).await;
     let before_crash = serve.status().await.graph.unwrap().transactions;
-    let records = |metrics: String| -> Vec<String> {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("fraudgraph_kafka_records_total"))
-            .map(str::to_owned)
-            .collect()
-    };
-    let crashed_records = records(serve.scrape().await);
+    let crashed_records = kafka_consumer_lines(&serve.scrape().await);
     serve.kill();
     // What the crashed run warned about, and whether the partition merge gave up on one.
     let crashed_warnings: Vec<String> = serve
@@ -445,7 +451,7 @@ async fn a_crash_mid_stream_loses_nothing_and_applies_nothing_twice() {
     // Nothing is lost; and nothing is counted twice (the counter would pass n).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = again.status().await.graph.unwrap();
-    let m = records(again.scrape().await);
+    let m = kafka_consumer_lines(&again.scrape().await);
     assert_eq!(
         (got, after.transactions),
         (n, n),
@@ -462,21 +468,11 @@ async fn a_crash_mid_stream_loses_nothing_and_applies_nothing_twice() {
     steady.wait_serving(Duration::from_secs(180)).await;
     wait_transactions(&steady, n, Duration::from_secs(60)).await;
     let reference = steady.status().await.graph.unwrap();
-    // On a mismatch, what each run's Kafka consumer did (records by outcome, merge
-    // give-ups): a graph can only differ if some run applied in another order or refused.
-    let consumer = |metrics: String| -> Vec<String> {
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("fraudgraph_kafka_records_total")
-                    || l.starts_with("fraudgraph_kafka_merge_gave_up_total")
-            })
-            .map(str::to_owned)
-            .collect()
-    };
+    // On a mismatch, what each run's Kafka consumer did: a graph can only differ if some
+    // run applied in another order or refused.
     let (restarted, uninterrupted) = (
-        consumer(again.scrape().await),
-        consumer(steady.scrape().await),
+        kafka_consumer_lines(&again.scrape().await),
+        kafka_consumer_lines(&steady.scrape().await),
     );
     assert_eq!(
         (
