@@ -123,6 +123,13 @@ impl Adjacency {
         }
     }
 
+    /// Whether some edge was last seen before `time_s`. Each port is ordered by last
+    /// sighting, so this reads only each port's oldest edge.
+    pub(crate) fn any_last_seen_before(&self, time_s: u32) -> bool {
+        self.iter()
+            .any(|port| port.first().is_some_and(|e| e.last_s < time_s))
+    }
+
     /// Keeps only the edges `keep` accepts, in every port, in place; returns how many
     /// were removed. Gives memory back when more than an eighth (and one edge) of the
     /// allocation is then unused.
@@ -198,5 +205,18 @@ mod tests {
         a.insert(1, 0, e(9));
         assert_eq!(nbrs(&a), vec![vec![1], vec![9], vec![3, 5]]);
         assert!(Adjacency::from_lists(vec![Vec::new(); MAX_PORTS + 1]).is_none());
+    }
+
+    #[test]
+    fn any_last_seen_before_reads_each_ports_oldest_edge() {
+        // Edge::new(nbr, time_s, amount): last seen at `nbr` seconds here.
+        let a = Adjacency::from_lists(vec![vec![], vec![e(7), e(9)], vec![e(5)]]).expect("fits");
+        assert!(!a.any_last_seen_before(5));
+        assert!(a.any_last_seen_before(6));
+        assert!(
+            !Adjacency::from_lists(vec![vec![]; 3])
+                .expect("fits")
+                .any_last_seen_before(u32::MAX)
+        );
     }
 }

@@ -595,6 +595,12 @@ impl Graph {
         &self.config
     }
 
+    /// Event time of the newest applied transaction (`i64::MIN` while none is): what
+    /// lateness and [`Graph::evict_idle`]'s cut-off are measured from.
+    pub fn watermark_ms(&self) -> i64 {
+        self.dedupe.lock().watermark_ms
+    }
+
     /// The node with this id, if the graph has it.
     pub fn lookup(&self, t: NodeType, key: &str) -> Option<NodeRef> {
         let h = IdHash::of(key);
@@ -694,12 +700,20 @@ impl Graph {
                     if !n.is_live() {
                         continue;
                     }
-                    evicted.half_edges += n.ports.retain(|e| e.last_s >= cutoff_s) as u64;
+                    // Most nodes have nothing to drop: look at each list's
+                    // oldest edge before rewriting any.
+                    let removed = if n.ports.any_last_seen_before(cutoff_s) {
+                        n.ports.retain(|e| e.last_s >= cutoff_s) as u64
+                    } else {
+                        0
+                    };
+                    evicted.half_edges += removed;
                     let left = n.ports.edge_count();
                     while n.sequence.front().is_some_and(|s| s.time_ms < cutoff_ms) {
                         n.sequence.pop_front();
                     }
-                    if left == 0 && n.agg.l_ms < cutoff_ms {
+                    let tombstone = left == 0 && n.agg.l_ms < cutoff_ms;
+                    if tombstone {
                         index.remove(IdHash::of(&n.key), slot as u32);
                         // A tombstone keeps its (empty) ports, so a sampler
                         // still holding this address reads nothing, safely.
@@ -707,7 +721,12 @@ impl Graph {
                         free.push(slot as u32);
                         evicted.nodes += 1;
                     }
-                    self.hot[t.index()].publish(NodeRef::new(shard_index, slot), n);
+                    // The mirror holds the adjacency lengths, not the sequence:
+                    // an unchanged node's line stays as it is (a republish costs
+                    // a store per word and makes concurrent readers retry).
+                    if removed > 0 || tombstone {
+                        self.hot[t.index()].publish(NodeRef::new(shard_index, slot), n);
+                    }
                 }
             }
         }

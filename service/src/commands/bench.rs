@@ -385,6 +385,22 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     //    rolled back to t, so hubs cost more here.
     let (past, _) = sample_latencies(&graph, &past_targets, &config);
 
+    // 4. Maintenance passes over the finished graph, each a full scan: the gauges'
+    //    statistics (under shard read locks), then idle eviction with the default
+    //    retention (under shard write locks, from the writer): the first pass removes
+    //    everything idle since the start of the simulation, the second finds nothing
+    //    left to remove, as a service's regular pass nearly does.
+    let ms_since = |start: Instant| start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    let _ = graph.stats();
+    let stats_ms = ms_since(start);
+    let start = Instant::now();
+    let evicted = graph.evict_idle();
+    let evict_first_ms = ms_since(start);
+    let start = Instant::now();
+    let _ = graph.evict_idle();
+    let evict_again_ms = ms_since(start);
+
     let sorted = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v
@@ -413,6 +429,10 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         "sample_p50_us_looking_back": percentile(&past, 0.5),
         "sample_p99_us_looking_back": percentile(&past, 0.99),
         "samples_looking_back": past.len(),
+        "stats_pass_ms": stats_ms,
+        "evict_idle_first_pass_ms": evict_first_ms,
+        "evict_idle_first_pass_edges": evicted.half_edges / 2,
+        "evict_idle_pass_ms": evict_again_ms,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
