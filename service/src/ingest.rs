@@ -61,8 +61,8 @@
 //!   pauses every assigned partition when that channel is 80% full and resumes them when it
 //!   is down to 20% (`fraudgraph_kafka_paused`), commits the applier's progress every
 //!   `commit_interval_ms`, and refreshes the lag about every second;
-//! - the applier drains the channel, applies, records its progress per partition, and runs
-//!   [`LiveGraph::maintain`] about once a second.
+//! - the applier drains the channel, applies (idle eviction comes with the applies, by event
+//!   time: `crate::live_graph`), and records its progress per partition.
 //!
 //! # Lag and readiness
 //!
@@ -85,7 +85,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use fraudgraph_proto::codec::{self, DecodeError};
 use fraudgraph_proto::v1::{KafkaStatus, Label, PartitionLag, ScoreResponse, Transaction};
 use fraudgraph_proto::{PayloadFormat, ValidationError, topics, validate};
@@ -128,8 +128,6 @@ pub const SOURCE_OFFSET_HEADER: &str = "fraudgraph-source-offset";
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How often the poller refreshes the lag.
 const LAG_EVERY: Duration = Duration::from_secs(1);
-/// How often the applier runs graph maintenance.
-const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for dead-letter records still in flight.
 const FINAL_FLUSH: Duration = Duration::from_secs(10);
 /// How long a partition with nothing queued may hold the partition merge back before it
@@ -782,18 +780,8 @@ struct Applier {
 
 impl Applier {
     fn run(mut self) {
-        let mut last_maintain = Instant::now();
-        loop {
-            let wait = MAINTAIN_EVERY.saturating_sub(last_maintain.elapsed());
-            match self.rx.recv_timeout(wait) {
-                Ok(polled) => self.handle(polled),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            if last_maintain.elapsed() >= MAINTAIN_EVERY {
-                self.live.maintain();
-                last_maintain = Instant::now();
-            }
+        while let Ok(polled) = self.rx.recv() {
+            self.handle(polled);
         }
     }
 

@@ -74,6 +74,11 @@ pub struct Metrics {
     pub graph_transactions: IntCounter,
     /// `fraudgraph_graph_watermark_seconds`: event time of the newest applied transaction.
     pub graph_watermark: IntGauge,
+    /// `fraudgraph_graph_eviction_duration_seconds`: one idle-eviction pass over the graph
+    /// (the writer waits for it; its count is the number of passes).
+    pub graph_eviction_duration: Histogram,
+    /// `fraudgraph_graph_evicted_total{what}`: idle `nodes` and `edges` removed by eviction.
+    pub graph_evicted: IntCounterVec,
     /// `fraudgraph_snapshots_total{outcome}`: graph snapshots written (`ok`, `error`).
     pub snapshots: IntCounterVec,
     /// `fraudgraph_ready`: 1 while the health service reports SERVING.
@@ -229,6 +234,18 @@ impl Metrics {
                 "fraudgraph_graph_watermark_seconds",
                 "Event time of the newest applied transaction, Unix seconds.",
             ),
+            graph_eviction_duration: hist(
+                "fraudgraph_graph_eviction_duration_seconds",
+                "One idle-eviction pass over the graph; the writer waits for it.",
+                &[],
+                LATENCY_BUCKETS,
+            )
+            .with_label_values(&[] as &[&str]),
+            graph_evicted: counter_vec(
+                "fraudgraph_graph_evicted_total",
+                "Idle nodes and edges removed by eviction.",
+                &["what"],
+            ),
             snapshots: counter_vec(
                 "fraudgraph_snapshots_total",
                 "Graph snapshots written, by outcome.",
@@ -269,6 +286,21 @@ impl Metrics {
         if stats.watermark_ms > 0 {
             self.graph_watermark.set(stats.watermark_ms / 1000);
         }
+    }
+
+    /// Records one idle-eviction pass: what it removed and how long it took.
+    pub fn observe_eviction(
+        &self,
+        evicted: &fraudgraph_sampler::graph::Evicted,
+        took: std::time::Duration,
+    ) {
+        self.graph_eviction_duration.observe(took.as_secs_f64());
+        self.graph_evicted
+            .with_label_values(&["nodes"])
+            .inc_by(evicted.nodes);
+        self.graph_evicted
+            .with_label_values(&["edges"])
+            .inc_by(evicted.half_edges / 2);
     }
 }
 

@@ -331,7 +331,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         running.live.clone(),
         running.metrics.clone(),
         running.config.clone(),
-        !kafka,
         stop_rx.clone(),
     ));
 
@@ -405,14 +404,14 @@ fn write_snapshot(
     }
 }
 
-/// Periodic work: graph gauges every 5 s, eviction (when no Kafka applier does it) and
-/// snapshots every `snapshot.interval_s`.
+/// Periodic work: graph gauges every 5 s and snapshots every `snapshot.interval_s`.
+/// (Idle eviction is not periodic: it comes with the applies, by event time;
+/// `crate::live_graph`.)
 async fn maintain(
     state: Arc<ServerState>,
     live: Arc<LiveGraph>,
     metrics: Arc<Metrics>,
     config: ServeConfig,
-    evict: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -431,11 +430,7 @@ async fn maintain(
             last_snapshot = Instant::now();
         }
         let _ = tokio::task::spawn_blocking(move || {
-            if evict {
-                live.maintain();
-            } else {
-                metrics.observe_graph(&live.graph().stats());
-            }
+            live.refresh_gauges();
             let (credited, unknown) = state.labels.totals();
             metrics
                 .labels
@@ -507,7 +502,7 @@ pub(crate) fn warm_from_simulation(
             _ => {}
         }
     }
-    live.maintain();
+    live.refresh_gauges();
     tracing::info!(
         applied,
         edges = live.graph().stats().edges,
