@@ -115,6 +115,18 @@ impl Adjacency {
         edge
     }
 
+    /// Drops `port`'s oldest edge (its first) and inserts `edge` in last-sighting order,
+    /// returning the dropped edge: what a full list does for a new neighbour. One rotation
+    /// within the port, where a remove and an insert would each shift every later port's
+    /// edges. `port` must not be empty.
+    pub(crate) fn replace_oldest(&mut self, port: usize, edge: Edge) -> Edge {
+        let list = self.port_mut(port);
+        // Where `edge` goes once the first edge is gone (0 if it is older than all).
+        let at = list.partition_point(|x| x.last_s <= edge.last_s).max(1);
+        list[..at].rotate_left(1);
+        std::mem::replace(&mut list[at - 1], edge)
+    }
+
     /// Gives memory back when more than an eighth of the allocation is unused (after an
     /// edge was dropped for good, not replaced).
     pub(crate) fn shrink_if_slack(&mut self) {
@@ -205,6 +217,33 @@ mod tests {
         a.insert(1, 0, e(9));
         assert_eq!(nbrs(&a), vec![vec![1], vec![9], vec![3, 5]]);
         assert!(Adjacency::from_lists(vec![Vec::new(); MAX_PORTS + 1]).is_none());
+    }
+
+    #[test]
+    fn replace_oldest_is_a_remove_of_the_first_edge_then_an_ordered_insert() {
+        let times = [3u32, 5, 5, 8, 9];
+        for new_time in 0..11 {
+            for port in 0..3 {
+                let lists = |t: &[u32]| {
+                    let mut l = vec![vec![e(1)], vec![e(2), e(4)], vec![e(20)]];
+                    l[port] = t.iter().map(|&t| e(t)).collect();
+                    l
+                };
+                let mut a = Adjacency::from_lists(lists(&times)).expect("fits");
+                let mut b = a.clone();
+                let edge = Edge::new(NodeRef(100 + new_time), new_time, 1.0);
+                let dropped = a.replace_oldest(port, edge);
+                let expected = b.remove(port, 0);
+                let at = b.port(port).partition_point(|x| x.last_s <= new_time);
+                b.insert(port, at, edge);
+                assert_eq!(dropped.nbr, expected.nbr);
+                assert_eq!(
+                    a.to_vec(),
+                    b.to_vec(),
+                    "port {port}, new edge at {new_time}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -789,14 +789,17 @@ impl Graph {
             }
             return None;
         }
+        let edge = Edge::new(nbr, time_s, amount);
+        let len = node.ports[port].len();
         let mut dropped = None;
-        if node.ports[port].len() >= self.config.adjacency_cap {
-            // The least recently seen edge is first.
-            let oldest = node.ports.remove(port, 0);
+        if len > 0 && len >= self.config.adjacency_cap {
+            // A full list: the least recently seen edge (the first) makes room.
+            let oldest = node.ports.replace_oldest(port, edge);
             dropped = Some((oldest.nbr, oldest.last_s));
+        } else {
+            let at = node.ports[port].partition_point(|x| x.last_s <= time_s);
+            node.ports.insert(port, at, edge);
         }
-        let at = node.ports[port].partition_point(|x| x.last_s <= time_s);
-        node.ports.insert(port, at, Edge::new(nbr, time_s, amount));
         self.hot[t.index()].publish(at_node, node);
         dropped
     }
