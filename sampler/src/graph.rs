@@ -38,6 +38,7 @@ use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::adjacency::Adjacency;
 use crate::hot::{HotTable, HotView};
+use crate::node_key::NodeKey;
 use crate::schema::{NodeType, Relation, edges_of};
 
 /// Shards per node type.
@@ -319,7 +320,7 @@ pub const MAX_PORTS: usize = 6;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     /// The entity id as the caller spells it.
-    pub key: Box<str>,
+    pub key: NodeKey,
     /// First event time, Unix ms.
     pub first_ms: i64,
     /// Aggregates of every transaction applied.
@@ -378,7 +379,7 @@ impl Node {
 
     fn approx_bytes(&self) -> usize {
         std::mem::size_of::<Node>()
-            + self.key.len()
+            + self.key.heap_bytes()
             + self.history.capacity() * std::mem::size_of::<Aggregates>()
             + self.sequence.capacity() * std::mem::size_of::<SeqItem>()
     }
@@ -536,7 +537,7 @@ impl IdIndex {
     pub(crate) fn find(&self, nodes: &[Node], h: IdHash, key: &str) -> Option<u32> {
         self.0
             .find(h.table(), |&(slot, tag)| {
-                tag == h.tag() && &*nodes[slot as usize].key == key
+                tag == h.tag() && nodes[slot as usize].key == *key
             })
             .map(|&(slot, _)| slot)
     }
@@ -714,7 +715,7 @@ impl Graph {
                     }
                     let tombstone = left == 0 && n.agg.l_ms < cutoff_ms;
                     if tombstone {
-                        index.remove(IdHash::of(&n.key), slot as u32);
+                        index.remove(IdHash::of(n.key.as_str()), slot as u32);
                         // A tombstone keeps its (empty) ports, so a sampler
                         // still holding this address reads nothing, safely.
                         *n = Node::new("", t, i64::MAX);

@@ -4,6 +4,7 @@
 //! - [`schema`]: node types, typed relations, the edges a transaction creates.
 //! - [`graph`]: the live graph store (one writer, many readers, causal views).
 //! - [`adjacency`]: a node's edges, every relation side in one allocation.
+//! - [`node_key`]: a node's id, inside the node when short.
 //! - [`hot`]: a lock-free mirror of each node's first cache line, for samplers.
 //! - [`features`]: the one definition of every raw feature, and its hash.
 //! - [`sample`]: the causal 3-hop sampler producing a [`sample::Subgraph`].
@@ -16,6 +17,7 @@ pub mod batch;
 pub mod features;
 pub mod graph;
 pub mod hot;
+pub mod node_key;
 pub mod sample;
 pub mod schema;
 pub mod snapshot;

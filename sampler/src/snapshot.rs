@@ -31,6 +31,7 @@ use crate::graph::{
     Aggregates, Dedupe, Edge, Graph, GraphConfig, IdHash, IdIndex, Node, NodeRef, SHARDS, SeqItem,
     Shard,
 };
+use crate::node_key::NodeKey;
 use crate::schema::NodeType;
 
 const MAGIC: &[u8; 8] = b"FGSNAPv1";
@@ -216,7 +217,7 @@ fn decode_config(d: &mut Dec<'_>) -> Result<GraphConfig, String> {
 }
 
 fn encode_node(e: &mut Enc, n: &Node) {
-    e.str(&n.key);
+    e.str(n.key.as_str());
     e.i64(n.first_ms);
     e.agg(&n.agg);
     e.agg(&n.prev);
@@ -250,7 +251,7 @@ fn encode_node(e: &mut Enc, n: &Node) {
 }
 
 fn decode_node(d: &mut Dec<'_>) -> Result<Node, String> {
-    let key = d.str()?;
+    let key = NodeKey::from(&*d.str()?);
     let first_ms = d.i64()?;
     let agg = d.agg()?;
     let prev = d.agg()?;
@@ -446,8 +447,8 @@ impl Graph {
                     }
                     let mut index = IdIndex::with_capacity(n);
                     for (slot, node) in nodes.iter().enumerate().filter(|(_, n)| n.is_live()) {
-                        let h = IdHash::of(&node.key);
-                        if index.find(&nodes, h, &node.key).is_some() {
+                        let h = IdHash::of(node.key.as_str());
+                        if index.find(&nodes, h, node.key.as_str()).is_some() {
                             return Err("a node id appears twice in one shard".into());
                         }
                         index.insert(h, slot as u32);
