@@ -10,8 +10,8 @@ use std::fmt;
 /// The longest id held inline.
 pub const INLINE: usize = 30;
 
-/// An entity id: inline up to [`INLINE`] bytes, on the heap beyond. Compares, hashes and
-/// prints as the string it was made from.
+/// An entity id: inline up to [`INLINE`] bytes, on the heap beyond. Compares (with another
+/// key or a `str`) and prints as the string it was made from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum NodeKey {
     /// An id of at most [`INLINE`] bytes.
