@@ -19,7 +19,10 @@
 //! seconds evicts as it would have live. A pass scans the whole graph under the writer lock
 //! and each shard's write lock in turn (15-20 ms at 1.1M edges on dev-2c, `fraudgraph bench
 //! sampler`'s `evict_idle_pass_ms`), so it runs about once a day in production, not on a
-//! timer.
+//! timer. The apply that opens a period pays for it: usually the Kafka applier's; when it
+//! is a Score call's (`apply_to_graph`), that one request may be answered by the GBDT if
+//! the pass outlasts its deadline. (Until 2026-12-06 a pass ran every second from the
+//! applier, or every 5 s without Kafka, and every apply waited for it on the writer lock.)
 
 use std::sync::Arc;
 use std::time::Instant;
