@@ -463,9 +463,9 @@ async fn a_crash_mid_stream_loses_nothing_and_applies_nothing_twice() {
     );
 
     // The same graph as a run that was never interrupted. Idle eviction follows event time
-    // (service/src/live_graph.rs), so it falls at the same places in both runs' streams; on
-    // a wall-clock timer it once left the uninterrupted run, read before its next pass,
-    // with 116 more edges than the restarted one.
+    // (service/src/live_graph.rs), so it falls at the same places in both runs' streams. On
+    // a wall-clock timer the uninterrupted run could be read before its next pass: the
+    // likely cause of a failure with 116 more edges in it than in the restarted run.
     let cfg = kafka_config(dir.path(), &tansu.brokers, "steady", false);
     let mut steady = Serve::start(dir.path(), &["--config", &cfg]);
     steady.wait_serving(Duration::from_secs(180)).await;
