@@ -9,18 +9,16 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/libtorch_link.rs");
     println!("cargo:rerun-if-changed=build/torch_version.rs");
-    link_libtorch();
-    compile_inference_mode();
+    let lib = link_libtorch();
+    compile_inference_mode(&lib);
 }
 
 /// Compiles `cpp/inference_mode.cpp` (c10::InferenceMode behind three C functions, see
-/// `src/inference_mode.rs`) against the headers of the libtorch torch-sys links.
-fn compile_inference_mode() {
+/// `src/inference_mode.rs`) against the headers of the libtorch in `lib` (the one
+/// torch-sys links).
+fn compile_inference_mode(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=cpp/inference_mode.cpp");
-    let lib = std::path::PathBuf::from(
-        std::env::var_os("DEP_TCH_LIBTORCH_LIB").expect("checked by link_libtorch"),
-    );
-    let include = lib.parent().unwrap_or(&lib).join("include");
+    let include = lib.parent().unwrap_or(lib).join("include");
     cc::Build::new()
         .cpp(true)
         .pic(true)

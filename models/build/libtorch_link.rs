@@ -44,8 +44,9 @@ const FRAUDGRAPH_EXPECTED_LIBTORCH: &str = "2.11.0";
 ///   not check this when `LIBTORCH` points at a pip wheel), unless
 ///   `LIBTORCH_BYPASS_VERSION_CHECK` is set, the same switch torch-sys honours.
 ///
+/// Returns that lib dir (its `../include` holds the headers, for C++ compiled against it).
 /// Panics (failing the build with the message) when `DEP_TCH_LIBTORCH_LIB` is missing.
-fn link_libtorch() {
+fn link_libtorch() -> std::path::PathBuf {
     let raw = match std::env::var_os("DEP_TCH_LIBTORCH_LIB") {
         Some(dir) => std::path::PathBuf::from(dir),
         None => panic!(
@@ -98,6 +99,7 @@ fn link_libtorch() {
             panic!("{message}");
         }
     }
+    dir
 }
 
 include!("torch_version.rs");
