@@ -10,6 +10,7 @@
 use std::ops::Index;
 
 use crate::graph::{Edge, MAX_PORTS};
+use crate::prefetch::{Intent, prefetch_tail};
 
 /// The edges of every port of a node, in port order; see the module docs.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -72,6 +73,15 @@ impl Adjacency {
     pub fn port_mut(&mut self, port: usize) -> &mut [Edge] {
         let (from, to) = (self.start(port), self.ends[port] as usize);
         &mut self.edges[from..to]
+    }
+
+    /// Starts loading the newest `count` edges of each port whose bit is set in `ports`:
+    /// what [`crate::graph::Graph::apply`] does for each entity it interns, before it
+    /// touches their edges, and the sampler for the nodes it is about to expand.
+    pub(crate) fn prefetch(&self, ports: u8, count: usize, intent: Intent) {
+        for p in (0..self.port_count()).filter(|p| ports & (1 << p) != 0) {
+            prefetch_tail(self.port(p), count, intent);
+        }
     }
 
     /// Every port's edges, in port order.

@@ -39,10 +39,21 @@ use rustc_hash::{FxBuildHasher, FxHashSet};
 use crate::adjacency::Adjacency;
 use crate::hot::{HotTable, HotView};
 use crate::node_key::NodeKey;
+use crate::prefetch::{Intent, prefetch};
 use crate::schema::{NodeType, Relation, edges_of};
 
 /// Shards per node type.
 pub const SHARDS: usize = 64;
+
+/// The order in which [`Graph::apply`] updates a transaction's entities' edges: the
+/// entities with short lists first, the hubs last (see `Graph::touch_edge`).
+const PASS_ORDER: [NodeType; 5] = [
+    NodeType::Account,
+    NodeType::Device,
+    NodeType::Card,
+    NodeType::Ip,
+    NodeType::Merchant,
+];
 const SHARD_BITS: u32 = 6;
 
 /// Event times are stored on edges as seconds since this instant
@@ -113,6 +124,16 @@ pub enum Side {
     Out,
     /// The node is the relation's destination.
     In,
+}
+
+impl Side {
+    /// The other end's side.
+    pub fn flip(self) -> Side {
+        match self {
+            Side::Out => Side::In,
+            Side::In => Side::Out,
+        }
+    }
 }
 
 /// The relation sides each node type has, in the order of `Node::ports`.
@@ -426,34 +447,64 @@ pub struct Evicted {
     pub half_edges: u64,
 }
 
-/// The distinct entities of one transaction and their addresses, in order of first mention,
-/// without allocating.
+/// One distinct entity of a transaction: its type, id, the ports (relation sides, a bit
+/// each) the transaction touches at it, and its address once interned.
+#[derive(Clone, Copy)]
+struct Entity<'a> {
+    t: NodeType,
+    key: &'a str,
+    ports: u8,
+    at: NodeRef,
+}
+
+/// The distinct entities of one transaction (at most six: account, device, IP, merchant,
+/// card, receiver), in order of first mention, without allocating.
 #[derive(Default)]
 struct Entities<'a> {
-    found: [Option<(NodeType, &'a str, NodeRef)>; 8],
+    found: [Option<Entity<'a>>; 8],
     len: usize,
 }
 
 impl<'a> Entities<'a> {
-    /// The address of `(t, key)`, from `intern` the first time it is asked for.
-    fn get_or(
-        &mut self,
-        t: NodeType,
-        key: &'a str,
-        intern: impl FnOnce(NodeType, &str) -> NodeRef,
-    ) -> NodeRef {
-        if let Some((_, _, r)) = self.iter().find(|(ty, k, _)| *ty == t && *k == key) {
-            return r;
+    /// The index of `(t, key)`, added the first time it is mentioned, noting that the
+    /// transaction touches `port` at it.
+    fn mention(&mut self, t: NodeType, key: &'a str, port: usize) -> usize {
+        let i = (0..self.len)
+            .find(|&i| self.found[i].is_some_and(|e| e.t == t && e.key == key))
+            .unwrap_or_else(|| {
+                self.found[self.len] = Some(Entity {
+                    t,
+                    key,
+                    ports: 0,
+                    at: NodeRef(0),
+                });
+                self.len += 1;
+                self.len - 1
+            });
+        if let Some(e) = &mut self.found[i] {
+            e.ports |= 1 << port;
         }
-        let r = intern(t, key);
-        self.found[self.len] = Some((t, key, r));
-        self.len += 1;
-        r
+        i
     }
 
-    fn iter(&self) -> impl Iterator<Item = (NodeType, &'a str, NodeRef)> + '_ {
-        self.found[..self.len].iter().flatten().copied()
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entity<'a>> + '_ {
+        self.found[..self.len].iter_mut().flatten()
     }
+
+    fn get(&self, i: usize) -> Entity<'a> {
+        self.found[i].expect("mentioned")
+    }
+}
+
+/// An edge a full list dropped, still to be removed at its other end: `node` (of type `t`)
+/// holds it at `port`, to `nbr`, last seen at `last_s`.
+#[derive(Clone, Copy)]
+struct DroppedEdge {
+    t: NodeType,
+    node: NodeRef,
+    port: usize,
+    nbr: NodeRef,
+    last_s: u32,
 }
 
 /// Counters a graph exports.
@@ -570,6 +621,27 @@ fn hash_str(s: &str, salt: u64) -> u64 {
     h.finish()
 }
 
+/// The position of the edge to `nbr` in a list ordered by last sighting (oldest first),
+/// given its last sighting. `from_newest` says which end to walk from: the newest for an
+/// edge being seen again (most are recent), the oldest for an edge another list dropped as
+/// its oldest. The walk stops past `last_s`; should the two ends of an edge ever disagree,
+/// the whole list is scanned.
+fn find_edge(list: &[Edge], nbr: NodeRef, last_s: u32, from_newest: bool) -> Option<usize> {
+    let is_it = |e: &Edge| e.nbr == nbr && e.last_s == last_s;
+    let found = if from_newest {
+        list.iter()
+            .rev()
+            .take_while(|e| e.last_s >= last_s)
+            .position(is_it)
+            .map(|i| list.len() - 1 - i)
+    } else {
+        list.iter()
+            .take_while(|e| e.last_s <= last_s)
+            .position(is_it)
+    };
+    found.or_else(|| list.iter().position(|e| e.nbr == nbr))
+}
+
 /// The 128-bit hash of a txn_id used for de-duplication.
 pub fn txn_hash(txn_id: &str) -> u128 {
     (u128::from(hash_str(txn_id, 1)) << 64) | u128::from(hash_str(txn_id, 2))
@@ -649,6 +721,9 @@ impl Graph {
         f(&guard.nodes[node.slot()])
     }
 
+    /// Finds or creates the node `(t, key)` without applying anything to it (tests build
+    /// graphs node by node with it).
+    #[cfg(test)]
     pub(crate) fn intern(&self, t: NodeType, key: &str, time_ms: i64) -> NodeRef {
         let h = IdHash::of(key);
         let shard = h.shard();
@@ -663,18 +738,7 @@ impl Graph {
             }
             return at;
         }
-        let node = Node::new(key, t, time_ms);
-        let slot = match free.pop() {
-            Some(slot) => {
-                nodes[slot as usize] = node;
-                slot as usize
-            }
-            None => {
-                assert!(nodes.len() < (1 << (32 - SHARD_BITS)), "node shard full");
-                nodes.push(node);
-                nodes.len() - 1
-            }
-        };
+        let slot = Self::place(nodes, free, Node::new(key, t, time_ms));
         index.insert(h, slot as u32);
         let at = NodeRef::new(shard, slot);
         self.hot[t.index()].publish(at, &nodes[slot]);
@@ -734,9 +798,64 @@ impl Graph {
         evicted
     }
 
-    fn update_node(&self, t: NodeType, node: NodeRef, time_ms: i64, amount: f32) {
-        let mut guard = self.shards[t.index()][node.shard()].write();
-        let n = &mut guard.nodes[node.slot()];
+    /// Finds or creates the node `(t, key)` and adds the transaction at `time_ms` to its
+    /// aggregates, under one hold of its shard's write lock. The node's mirror line is
+    /// published later, once its edges are in too ([`Graph::apply`]): until then it shows
+    /// the node as it stood before this transaction, a consistent older state. Starts
+    /// loading the edges of the `ports` (a bit each) the transaction will touch, and the
+    /// mirror line, so that those misses overlap with interning the other entities.
+    fn intern_and_add(
+        &self,
+        t: NodeType,
+        key: &str,
+        time_ms: i64,
+        amount: f32,
+        ports: u8,
+    ) -> NodeRef {
+        let h = IdHash::of(key);
+        let shard = h.shard();
+        let mut guard = self.shards[t.index()][shard].write();
+        let Shard { index, nodes, free } = &mut *guard;
+        let slot = match index.find(nodes, h, key) {
+            Some(slot) => {
+                let node = &mut nodes[slot as usize];
+                node.first_ms = node.first_ms.min(time_ms);
+                slot as usize
+            }
+            None => {
+                let slot = Self::place(nodes, free, Node::new(key, t, time_ms));
+                index.insert(h, slot as u32);
+                slot
+            }
+        };
+        let node = &mut nodes[slot];
+        self.add_to_aggregates(node, time_ms, amount);
+        let at = NodeRef::new(shard, slot);
+        // A full list's new neighbour rotates the whole side (up to `adjacency_cap`).
+        node.ports
+            .prefetch(ports, self.config.adjacency_cap, Intent::Write);
+        self.hot[t.index()].prefetch(at);
+        at
+    }
+
+    /// Puts `node` in a free slot of a shard, or a new one; returns the slot.
+    fn place(nodes: &mut Vec<Node>, free: &mut Vec<u32>, node: Node) -> usize {
+        match free.pop() {
+            Some(slot) => {
+                nodes[slot as usize] = node;
+                slot as usize
+            }
+            None => {
+                assert!(nodes.len() < (1 << (32 - SHARD_BITS)), "node shard full");
+                nodes.push(node);
+                nodes.len() - 1
+            }
+        }
+    }
+
+    /// Adds a transaction to a node's aggregates, keeping the state before it (`prev`) and,
+    /// once per checkpoint interval, a checkpoint.
+    fn add_to_aggregates(&self, n: &mut Node, time_ms: i64, amount: f32) {
         let interval = (self.config.late_window_ms / self.config.checkpoints.max(1) as i64).max(1);
         if n.agg.l_ms != i64::MIN
             && time_ms.div_euclid(interval) > n.agg.l_ms.div_euclid(interval)
@@ -749,27 +868,34 @@ impl Graph {
         }
         n.prev = n.agg;
         n.agg.add(time_ms, amount);
-        self.hot[t.index()].publish(node, n);
     }
 
-    /// Adds or reinforces the edge at `node`'s `port`. Returns the neighbour
-    /// whose edge was dropped to respect the cap, and that edge's last
-    /// sighting, if any.
+    /// Adds or reinforces the edge to `nbr` at `node`'s `port`. `known` is what the
+    /// edge's other end, touched first, found: `Some(None)` when the edge was new there,
+    /// `Some(Some(last_s))` when it was stored with that last sighting; `None` when
+    /// nothing is known yet. Both ends of an edge hold the same statistics, so a new edge
+    /// needs no search here, and a stored one is looked for among the edges seen since its
+    /// last sighting only.
+    /// Returns what this end found (the same encoding) and the neighbour whose edge was
+    /// dropped to respect the cap with that edge's last sighting, if any.
     fn touch_edge(
         &self,
-        t: NodeType,
-        node: NodeRef,
+        node: &mut Node,
         port: usize,
         nbr: NodeRef,
         time_s: u32,
         amount: f32,
-    ) -> Option<(NodeRef, u32)> {
-        let at_node = node;
-        let mut guard = self.shards[t.index()][node.shard()].write();
-        let node = &mut guard.nodes[node.slot()];
-        if let Some(i) = node.ports[port].iter().rposition(|e| e.nbr == nbr) {
+        known: Option<Option<u32>>,
+    ) -> (Option<u32>, Option<(NodeRef, u32)>) {
+        let found = match known {
+            None => node.ports[port].iter().rposition(|e| e.nbr == nbr),
+            Some(None) => None,
+            Some(Some(last_s)) => find_edge(&node.ports[port], nbr, last_s, true),
+        };
+        if let Some(i) = found {
             let list = node.ports.port_mut(port);
             let e = &mut list[i];
+            let before = e.last_s;
             e.count += 1;
             e.amount += amount;
             if time_s >= e.last_s {
@@ -788,38 +914,53 @@ impl Graph {
                 };
                 e.first_s = e.first_s.min(time_s);
             }
-            return None;
+            return (Some(before), None);
         }
         let edge = Edge::new(nbr, time_s, amount);
         let len = node.ports[port].len();
-        let mut dropped = None;
         if len > 0 && len >= self.config.adjacency_cap {
             // A full list: the least recently seen edge (the first) makes room.
             let oldest = node.ports.replace_oldest(port, edge);
-            dropped = Some((oldest.nbr, oldest.last_s));
-        } else {
-            let at = node.ports[port].partition_point(|x| x.last_s <= time_s);
-            node.ports.insert(port, at, edge);
+            return (None, Some((oldest.nbr, oldest.last_s)));
         }
-        self.hot[t.index()].publish(at_node, node);
-        dropped
+        let at = node.ports[port].partition_point(|x| x.last_s <= time_s);
+        node.ports.insert(port, at, edge);
+        (None, None)
+    }
+
+    /// Starts loading the part of a node that removing one of its edges (the writer,
+    /// `Intent::Write`, which also loads its mirror line) or choosing its neighbours (a
+    /// sampler, `Intent::Read`) reads first: its aggregates' newest time and its lists'
+    /// bounds.
+    pub(crate) fn prefetch_node(&self, t: NodeType, at: NodeRef, intent: Intent) {
+        let guard = self.shards[t.index()][at.shard()].read();
+        if let Some(node) = guard.nodes.get(at.slot()) {
+            prefetch(&node.agg, intent);
+            prefetch(&node.ports, intent);
+        }
+        drop(guard);
+        if intent == Intent::Write {
+            self.hot[t.index()].prefetch(at);
+        }
+    }
+
+    /// Starts loading the newest `count` edges of each of a node's lists, for a sampler
+    /// about to choose among them. Call it a moment after [`Graph::prefetch_node`], which
+    /// loads where the lists are.
+    pub(crate) fn prefetch_newest_edges(&self, t: NodeType, at: NodeRef, count: usize) {
+        let guard = self.shards[t.index()][at.shard()].read();
+        if let Some(node) = guard.nodes.get(at.slot()) {
+            node.ports.prefetch(u8::MAX, count, Intent::Read);
+        }
     }
 
     /// Removes the edge to `nbr`, last seen at `last_s` (both ends hold the
-    /// same statistics, so it is found by binary search), from `node`'s `port`.
+    /// same statistics, so it is found near the oldest end), from `node`'s `port`.
     fn remove_edge(&self, t: NodeType, node: NodeRef, port: usize, nbr: NodeRef, last_s: u32) {
         let at = node;
         let mut guard = self.shards[t.index()][node.shard()].write();
         let node = &mut guard.nodes[node.slot()];
-        let list = &node.ports[port];
-        let from = list.partition_point(|e| e.last_s < last_s);
-        let found = list[from..]
-            .iter()
-            .take_while(|e| e.last_s == last_s)
-            .position(|e| e.nbr == nbr)
-            .map(|i| from + i)
-            .or_else(|| list.iter().position(|e| e.nbr == nbr));
-        if let Some(i) = found {
+        if let Some(i) = find_edge(&node.ports[port], nbr, last_s, false) {
             node.ports.remove(port, i);
             node.ports.shrink_if_slack();
             self.hot[t.index()].publish(at, node);
@@ -856,66 +997,118 @@ impl Graph {
         let t = txn.event_time_ms;
         let t_s = epoch_secs(t);
         let amount = txn.amount_minor as f32;
-        // Nodes first, then their aggregates, then edges: an edge sighting at
-        // time e is only ever stored at a node whose `agg.l_ms` is already at
-        // least e, which lets samplers skip per-edge checks on nodes that
-        // have not changed since the target's time.
-        // The transaction's distinct entities (at most six: account, device, IP, merchant,
-        // card, receiver), each interned once although it ends several edges.
-        let mut touched = Entities::default();
+        // Two passes over the transaction's distinct entities (at most six), each entity
+        // under its own shard lock, one at a time:
+        // 1. intern it and add the transaction to its aggregates, and start loading the
+        //    edge lists this transaction touches and its mirror line, so that those misses
+        //    overlap with the next entities' interning;
+        // 2. add or reinforce its edges (and, for the payer, its sequence), then publish its
+        //    mirror line once.
+        // Aggregates before edges: an edge sighting at time e is only ever stored at a node
+        // whose `agg.l_ms` is already at least e, which lets samplers skip per-edge checks
+        // on nodes that have not changed since the target's time. Edges that full lists
+        // drop are removed at their other (cold) end last, after a prefetch.
+        let mut entities = Entities::default();
         let mut edges = [None; 7];
         for (slot, (relation, src_key, dst_key)) in edges.iter_mut().zip(edges_of(txn)) {
             let (src_t, dst_t) = relation.endpoints();
-            let src = touched.get_or(src_t, src_key, |ty, key| self.intern(ty, key, t));
-            let dst = touched.get_or(dst_t, dst_key, |ty, key| self.intern(ty, key, t));
-            *slot = Some((relation, src_t, src, dst_t, dst));
+            let src = entities.mention(src_t, src_key, port_of(src_t, relation, Side::Out));
+            let dst = entities.mention(dst_t, dst_key, port_of(dst_t, relation, Side::In));
+            *slot = Some((relation, src, dst));
         }
-        for (ty, _, r) in touched.iter() {
-            self.update_node(ty, r, t, amount);
+        for e in entities.iter_mut() {
+            e.at = self.intern_and_add(e.t, e.key, t, amount, e.ports);
         }
-        for (relation, src_t, src, dst_t, dst) in edges.into_iter().flatten() {
-            let src_port = port_of(src_t, relation, Side::Out);
-            let dst_port = port_of(dst_t, relation, Side::In);
-            if let Some((gone, last_s)) = self.touch_edge(src_t, src, src_port, dst, t_s, amount) {
-                self.remove_edge(dst_t, gone, dst_port, src, last_s);
-            }
-            if let Some((gone, last_s)) = self.touch_edge(dst_t, dst, dst_port, src, t_s, amount) {
-                self.remove_edge(src_t, gone, src_port, dst, last_s);
+        let edges = edges.into_iter().flatten();
+        let merchant = (0..entities.len)
+            .map(|i| entities.get(i))
+            .find(|e| e.t == NodeType::Merchant)
+            .expect("every transaction has a merchant")
+            .at;
+        // Edges dropped from full lists, to be removed at their other end once this
+        // transaction's own edges are in.
+        let mut dropped: [Option<DroppedEdge>; 14] = [None; 14];
+        let (mut n_dropped, mut prefetched) = (0, 0);
+        // What the end touched first found of each edge (see `touch_edge`). Hubs
+        // (merchants, shared IPs) come last, so their long lists are searched only when the
+        // edge is known to be there.
+        let mut known: [Option<Option<u32>>; 7] = [None; 7];
+        for ty in PASS_ORDER {
+            for i in (0..entities.len).filter(|&i| entities.get(i).t == ty) {
+                let at = entities.get(i).at;
+                let mut guard = self.shards[ty.index()][at.shard()].write();
+                let node = &mut guard.nodes[at.slot()];
+                for (k, (relation, src, dst)) in edges.clone().enumerate() {
+                    // A transfer to oneself ends both sides of one edge at the same node.
+                    for (end, side, other) in [(src, Side::Out, dst), (dst, Side::In, src)] {
+                        if end != i {
+                            continue;
+                        }
+                        let other = entities.get(other);
+                        let port = port_of(ty, relation, side);
+                        let (found, gone) =
+                            self.touch_edge(node, port, other.at, t_s, amount, known[k]);
+                        known[k] = Some(found);
+                        if let Some((gone, last_s)) = gone {
+                            let their_port = port_of(other.t, relation, side.flip());
+                            dropped[n_dropped] = Some(DroppedEdge {
+                                t: other.t,
+                                node: gone,
+                                port: their_port,
+                                nbr: at,
+                                last_s,
+                            });
+                            n_dropped += 1;
+                        }
+                    }
+                }
+                // The payer (the first entity mentioned) keeps the sequence.
+                if i == 0 {
+                    self.push_sequence(node, txn, id, merchant);
+                }
+                self.hot[ty.index()].publish(at, node);
+                drop(guard);
+                // The other ends of dropped edges are cold: start loading them now.
+                for d in dropped[prefetched..n_dropped].iter().flatten() {
+                    self.prefetch_node(d.t, d.node, Intent::Write);
+                }
+                prefetched = n_dropped;
             }
         }
-        if let Some((_, _, account)) = touched.iter().find(|(ty, _, _)| *ty == NodeType::Account) {
-            let merchant = touched
-                .iter()
-                .find(|(ty, _, _)| *ty == NodeType::Merchant)
-                .map(|(_, _, r)| r)
-                .expect("every transaction has a merchant");
-            let item = SeqItem {
-                time_ms: t,
-                amount,
-                mcc: txn.mcc.min(u32::from(u16::MAX)) as u16,
-                channel: txn.channel.clamp(0, 255) as u8,
-                utc_offset_min: txn
-                    .client_utc_offset_minutes
-                    .map_or(i16::MIN, |o| o.clamp(-720, 840) as i16),
-                merchant,
-                txn_hash: id as u64,
-            };
-            let mut guard = self.shards[NodeType::Account.index()][account.shard()].write();
-            let seq = &mut guard.nodes[account.slot()].sequence;
-            if seq.len() == seq.capacity() && seq.len() < self.config.sequence_len {
-                seq.reserve_exact((seq.len() / 4 + 1).min(self.config.sequence_len - seq.len()));
-            }
-            if seq.back().is_none_or(|s| s.time_ms <= t) {
-                seq.push_back(item);
-            } else {
-                let at = seq.partition_point(|s| s.time_ms <= t);
-                seq.insert(at, item);
-            }
-            while seq.len() > self.config.sequence_len {
-                seq.pop_front();
-            }
+        for d in dropped.into_iter().flatten() {
+            self.remove_edge(d.t, d.node, d.port, d.nbr, d.last_s);
         }
         ApplyOutcome::Applied
+    }
+
+    /// Adds the transaction to its payer's sequence of recent transactions, in time order,
+    /// keeping the newest `sequence_len`.
+    fn push_sequence(&self, payer: &mut Node, txn: &Transaction, id: u128, merchant: NodeRef) {
+        let t = txn.event_time_ms;
+        let item = SeqItem {
+            time_ms: t,
+            amount: txn.amount_minor as f32,
+            mcc: txn.mcc.min(u32::from(u16::MAX)) as u16,
+            channel: txn.channel.clamp(0, 255) as u8,
+            utc_offset_min: txn
+                .client_utc_offset_minutes
+                .map_or(i16::MIN, |o| o.clamp(-720, 840) as i16),
+            merchant,
+            txn_hash: id as u64,
+        };
+        let seq = &mut payer.sequence;
+        if seq.len() == seq.capacity() && seq.len() < self.config.sequence_len {
+            seq.reserve_exact((seq.len() / 4 + 1).min(self.config.sequence_len - seq.len()));
+        }
+        if seq.back().is_none_or(|s| s.time_ms <= t) {
+            seq.push_back(item);
+        } else {
+            let at = seq.partition_point(|s| s.time_ms <= t);
+            seq.insert(at, item);
+        }
+        while seq.len() > self.config.sequence_len {
+            seq.pop_front();
+        }
     }
 
     /// Node and edge counts and memory, walking every shard (one read lock at
@@ -946,5 +1139,66 @@ impl Graph {
         }
         s.edges = half_edges / 2;
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(nbr: u32, last_s: u32) -> Edge {
+        Edge::new(NodeRef(nbr), last_s, 1.0)
+    }
+
+    #[test]
+    fn find_edge_walks_from_either_end_and_falls_back_to_a_scan() {
+        // Ordered by last sighting, with three edges seen in the same second.
+        let list = [
+            edge(1, 10),
+            edge(2, 20),
+            edge(3, 20),
+            edge(4, 20),
+            edge(5, 30),
+        ];
+        for from_newest in [false, true] {
+            assert_eq!(find_edge(&list, NodeRef(1), 10, from_newest), Some(0));
+            assert_eq!(find_edge(&list, NodeRef(3), 20, from_newest), Some(2));
+            assert_eq!(find_edge(&list, NodeRef(4), 20, from_newest), Some(3));
+            assert_eq!(find_edge(&list, NodeRef(5), 30, from_newest), Some(4));
+            // A wrong last sighting still finds the edge, by the fallback scan.
+            assert_eq!(find_edge(&list, NodeRef(2), 30, from_newest), Some(1));
+            assert_eq!(find_edge(&list, NodeRef(9), 20, from_newest), None);
+            assert_eq!(find_edge(&[], NodeRef(1), 10, from_newest), None);
+        }
+    }
+
+    #[test]
+    fn a_transfer_to_oneself_stores_both_sides_at_the_one_node() {
+        let g = Graph::new(GraphConfig::default());
+        let txn = |id: &str, t_ms: i64| Transaction {
+            txn_id: id.into(),
+            account_id: "a".into(),
+            merchant_id: "m".into(),
+            counterparty_account_id: Some("a".into()),
+            event_time_ms: t_ms,
+            amount_minor: 100,
+            ..Default::default()
+        };
+        let t0 = EPOCH_MS + 1_000_000;
+        assert_eq!(g.apply(&txn("t1", t0)), ApplyOutcome::Applied);
+        assert_eq!(g.apply(&txn("t2", t0 + 5_000)), ApplyOutcome::Applied);
+        let a = g.lookup(NodeType::Account, "a").expect("interned");
+        let port = |side| port_of(NodeType::Account, Relation::AccountAccount, side);
+        let (out, inn, seq) = g.with_node(NodeType::Account, a, |n| {
+            (
+                n.ports[port(Side::Out)].to_vec(),
+                n.ports[port(Side::In)].to_vec(),
+                n.sequence.len(),
+            )
+        });
+        assert_eq!(out.len(), 1);
+        assert_eq!(out, inn, "both sides of the one edge agree");
+        assert_eq!((out[0].nbr, out[0].count), (a, 2));
+        assert_eq!(seq, 2, "the payer's sequence holds each transaction once");
     }
 }

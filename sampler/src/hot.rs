@@ -153,6 +153,15 @@ impl HotTable {
             .sum()
     }
 
+    /// Starts loading the record at `at` with intent to write, ahead of a
+    /// [`HotTable::publish`] (the writer's side of [`HotTable::touch`]).
+    pub(crate) fn prefetch(&self, at: NodeRef) {
+        let (segment, offset) = locate(at.0);
+        if let Some(record) = self.segments[segment].get().and_then(|r| r.get(offset)) {
+            crate::prefetch::prefetch(record, crate::prefetch::Intent::Write);
+        }
+    }
+
     /// Loads the first word of the record at `at`, so that its cache line is on its way
     /// before [`HotTable::read`] needs it.
     pub(crate) fn touch(&self, at: NodeRef) {

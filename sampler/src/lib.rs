@@ -18,6 +18,7 @@ pub mod features;
 pub mod graph;
 pub mod hot;
 pub mod node_key;
+mod prefetch;
 pub mod sample;
 pub mod schema;
 pub mod snapshot;
