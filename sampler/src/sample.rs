@@ -20,6 +20,7 @@ use fraudgraph_proto::v1::Transaction;
 
 use crate::features::{self, ln1p};
 use crate::graph::{EdgeView, Graph, MAX_PORTS, NodeRef, Side, epoch_secs, ports, txn_hash};
+use crate::prefetch::Intent;
 use crate::schema::{NodeType, Relation, edges_of};
 
 /// How neighbours are chosen when a node has more than the fan-out.
@@ -253,6 +254,10 @@ impl SplitMix {
     }
 }
 
+/// How many frontier nodes ahead of the one being expanded have their edges on the way
+/// (and twice as many, the nodes themselves).
+const AHEAD: usize = 8;
+
 /// Nodes of a typical subgraph, to size the sampler's scratch maps.
 const EXPECTED_NODES: usize = 512;
 /// Rows per node type and edges per relation of a typical 20/10/5 subgraph at the head of
@@ -359,7 +364,22 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         } else {
             Vec::new()
         };
-        for &(t, n, src_row) in &frontier {
+        // Start loading every frontier node, then (once they are on their way) the newest
+        // edges of each, before expanding any: their misses overlap instead of queueing
+        // one after the other.
+        for &(t, n, _) in frontier.iter().take(2 * AHEAD) {
+            graph.prefetch_node(t, n, Intent::Read);
+        }
+        for &(t, n, _) in frontier.iter().take(AHEAD) {
+            graph.prefetch_newest_edges(t, n, fanout + 2);
+        }
+        for (i, &(t, n, src_row)) in frontier.iter().enumerate() {
+            if let Some(&(t, n, _)) = frontier.get(i + 2 * AHEAD) {
+                graph.prefetch_node(t, n, Intent::Read);
+            }
+            if let Some(&(t, n, _)) = frontier.get(i + AHEAD) {
+                graph.prefetch_newest_edges(t, n, fanout + 2);
+            }
             candidates.clear();
             // (relation, side, view) of the visible edges of this node that
             // can be chosen.
