@@ -364,9 +364,10 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         } else {
             Vec::new()
         };
-        // Start loading every frontier node, then (once they are on their way) the newest
-        // edges of each, before expanding any: their misses overlap instead of queueing
-        // one after the other.
+        // Keep the frontier nodes `2 * AHEAD` ahead of the one being expanded on their
+        // way, and the newest edges of those `AHEAD` ahead (by then their nodes, which say
+        // where the edges are, have arrived): their misses overlap instead of queueing one
+        // after the other, and a large frontier does not flood the caches.
         for &(t, n, _) in frontier.iter().take(2 * AHEAD) {
             graph.prefetch_node(t, n, Intent::Read);
         }
