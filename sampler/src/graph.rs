@@ -44,16 +44,6 @@ use crate::schema::{NodeType, Relation, edges_of};
 
 /// Shards per node type.
 pub const SHARDS: usize = 64;
-
-/// The order in which [`Graph::apply`] updates a transaction's entities' edges: the
-/// entities with short lists first, the hubs last (see `Graph::touch_edge`).
-const PASS_ORDER: [NodeType; 5] = [
-    NodeType::Account,
-    NodeType::Device,
-    NodeType::Card,
-    NodeType::Ip,
-    NodeType::Merchant,
-];
 const SHARD_BITS: u32 = 6;
 
 /// Event times are stored on edges as seconds since this instant
@@ -621,25 +611,15 @@ fn hash_str(s: &str, salt: u64) -> u64 {
     h.finish()
 }
 
-/// The position of the edge to `nbr` in a list ordered by last sighting (oldest first),
-/// given its last sighting. `from_newest` says which end to walk from: the newest for an
-/// edge being seen again (most are recent), the oldest for an edge another list dropped as
-/// its oldest. The walk stops past `last_s`; should the two ends of an edge ever disagree,
-/// the whole list is scanned.
-fn find_edge(list: &[Edge], nbr: NodeRef, last_s: u32, from_newest: bool) -> Option<usize> {
-    let is_it = |e: &Edge| e.nbr == nbr && e.last_s == last_s;
-    let found = if from_newest {
-        list.iter()
-            .rev()
-            .take_while(|e| e.last_s >= last_s)
-            .position(is_it)
-            .map(|i| list.len() - 1 - i)
-    } else {
-        list.iter()
-            .take_while(|e| e.last_s <= last_s)
-            .position(is_it)
-    };
-    found.or_else(|| list.iter().position(|e| e.nbr == nbr))
+/// The position of the edge to `nbr`, last seen at `last_s`, in a list ordered by last
+/// sighting (oldest first): an edge another list dropped as its oldest is usually among the
+/// oldest here too, so the walk starts there and stops past `last_s`; should the two ends
+/// of an edge ever disagree, the whole list is scanned.
+fn find_edge(list: &[Edge], nbr: NodeRef, last_s: u32) -> Option<usize> {
+    list.iter()
+        .take_while(|e| e.last_s <= last_s)
+        .position(|e| e.nbr == nbr && e.last_s == last_s)
+        .or_else(|| list.iter().position(|e| e.nbr == nbr))
 }
 
 /// The 128-bit hash of a txn_id used for de-duplication.
@@ -870,14 +850,8 @@ impl Graph {
         n.agg.add(time_ms, amount);
     }
 
-    /// Adds or reinforces the edge to `nbr` at `node`'s `port`. `known` is what the
-    /// edge's other end, touched first, found: `Some(None)` when the edge was new there,
-    /// `Some(Some(last_s))` when it was stored with that last sighting; `None` when
-    /// nothing is known yet. Both ends of an edge hold the same statistics, so a new edge
-    /// needs no search here, and a stored one is looked for among the edges seen since its
-    /// last sighting only.
-    /// Returns what this end found (the same encoding) and the neighbour whose edge was
-    /// dropped to respect the cap with that edge's last sighting, if any.
+    /// Adds or reinforces the edge to `nbr` at `node`'s `port`. Returns the neighbour whose
+    /// edge was dropped to respect the cap, and that edge's last sighting, if any.
     fn touch_edge(
         &self,
         node: &mut Node,
@@ -885,17 +859,12 @@ impl Graph {
         nbr: NodeRef,
         time_s: u32,
         amount: f32,
-        known: Option<Option<u32>>,
-    ) -> (Option<u32>, Option<(NodeRef, u32)>) {
-        let found = match known {
-            None => node.ports[port].iter().rposition(|e| e.nbr == nbr),
-            Some(None) => None,
-            Some(Some(last_s)) => find_edge(&node.ports[port], nbr, last_s, true),
-        };
+    ) -> Option<(NodeRef, u32)> {
+        // Most sightings are of recent neighbours: search from the newest end.
+        let found = node.ports[port].iter().rposition(|e| e.nbr == nbr);
         if let Some(i) = found {
             let list = node.ports.port_mut(port);
             let e = &mut list[i];
-            let before = e.last_s;
             e.count += 1;
             e.amount += amount;
             if time_s >= e.last_s {
@@ -914,18 +883,18 @@ impl Graph {
                 };
                 e.first_s = e.first_s.min(time_s);
             }
-            return (Some(before), None);
+            return None;
         }
         let edge = Edge::new(nbr, time_s, amount);
         let len = node.ports[port].len();
         if len > 0 && len >= self.config.adjacency_cap {
             // A full list: the least recently seen edge (the first) makes room.
             let oldest = node.ports.replace_oldest(port, edge);
-            return (None, Some((oldest.nbr, oldest.last_s)));
+            return Some((oldest.nbr, oldest.last_s));
         }
         let at = node.ports[port].partition_point(|x| x.last_s <= time_s);
         node.ports.insert(port, at, edge);
-        (None, None)
+        None
     }
 
     /// Starts loading the part of a node that removing one of its edges (the writer,
@@ -960,7 +929,7 @@ impl Graph {
         let at = node;
         let mut guard = self.shards[t.index()][node.shard()].write();
         let node = &mut guard.nodes[node.slot()];
-        if let Some(i) = find_edge(&node.ports[port], nbr, last_s, false) {
+        if let Some(i) = find_edge(&node.ports[port], nbr, last_s) {
             node.ports.remove(port, i);
             node.ports.shrink_if_slack();
             self.hot[t.index()].publish(at, node);
@@ -1029,51 +998,43 @@ impl Graph {
         // transaction's own edges are in.
         let mut dropped: [Option<DroppedEdge>; 14] = [None; 14];
         let (mut n_dropped, mut prefetched) = (0, 0);
-        // What the end touched first found of each edge (see `touch_edge`). Hubs
-        // (merchants, shared IPs) come last, so their long lists are searched only when the
-        // edge is known to be there.
-        let mut known: [Option<Option<u32>>; 7] = [None; 7];
-        for ty in PASS_ORDER {
-            for i in (0..entities.len).filter(|&i| entities.get(i).t == ty) {
-                let at = entities.get(i).at;
-                let mut guard = self.shards[ty.index()][at.shard()].write();
-                let node = &mut guard.nodes[at.slot()];
-                for (k, (relation, src, dst)) in edges.clone().enumerate() {
-                    // A transfer to oneself ends both sides of one edge at the same node.
-                    for (end, side, other) in [(src, Side::Out, dst), (dst, Side::In, src)] {
-                        if end != i {
-                            continue;
-                        }
-                        let other = entities.get(other);
-                        let port = port_of(ty, relation, side);
-                        let (found, gone) =
-                            self.touch_edge(node, port, other.at, t_s, amount, known[k]);
-                        known[k] = Some(found);
-                        if let Some((gone, last_s)) = gone {
-                            let their_port = port_of(other.t, relation, side.flip());
-                            dropped[n_dropped] = Some(DroppedEdge {
-                                t: other.t,
-                                node: gone,
-                                port: their_port,
-                                nbr: at,
-                                last_s,
-                            });
-                            n_dropped += 1;
-                        }
+        for i in 0..entities.len {
+            let Entity { t: ty, at, .. } = entities.get(i);
+            let mut guard = self.shards[ty.index()][at.shard()].write();
+            let node = &mut guard.nodes[at.slot()];
+            for (relation, src, dst) in edges.clone() {
+                // A transfer to oneself ends both sides of one edge at the same node.
+                for (end, side, other) in [(src, Side::Out, dst), (dst, Side::In, src)] {
+                    if end != i {
+                        continue;
+                    }
+                    let other = entities.get(other);
+                    let port = port_of(ty, relation, side);
+                    let gone = self.touch_edge(node, port, other.at, t_s, amount);
+                    if let Some((gone, last_s)) = gone {
+                        let their_port = port_of(other.t, relation, side.flip());
+                        dropped[n_dropped] = Some(DroppedEdge {
+                            t: other.t,
+                            node: gone,
+                            port: their_port,
+                            nbr: at,
+                            last_s,
+                        });
+                        n_dropped += 1;
                     }
                 }
-                // The payer (the first entity mentioned) keeps the sequence.
-                if i == 0 {
-                    self.push_sequence(node, txn, id, merchant);
-                }
-                self.hot[ty.index()].publish(at, node);
-                drop(guard);
-                // The other ends of dropped edges are cold: start loading them now.
-                for d in dropped[prefetched..n_dropped].iter().flatten() {
-                    self.prefetch_node(d.t, d.node, Intent::Write);
-                }
-                prefetched = n_dropped;
             }
+            // The payer (the first entity mentioned) keeps the sequence.
+            if i == 0 {
+                self.push_sequence(node, txn, id, merchant);
+            }
+            self.hot[ty.index()].publish(at, node);
+            drop(guard);
+            // The other ends of dropped edges are cold: start loading them now.
+            for d in dropped[prefetched..n_dropped].iter().flatten() {
+                self.prefetch_node(d.t, d.node, Intent::Write);
+            }
+            prefetched = n_dropped;
         }
         for d in dropped.into_iter().flatten() {
             self.remove_edge(d.t, d.node, d.port, d.nbr, d.last_s);
@@ -1151,7 +1112,7 @@ mod tests {
     }
 
     #[test]
-    fn find_edge_walks_from_either_end_and_falls_back_to_a_scan() {
+    fn find_edge_walks_from_the_oldest_end_and_falls_back_to_a_scan() {
         // Ordered by last sighting, with three edges seen in the same second.
         let list = [
             edge(1, 10),
@@ -1160,16 +1121,15 @@ mod tests {
             edge(4, 20),
             edge(5, 30),
         ];
-        for from_newest in [false, true] {
-            assert_eq!(find_edge(&list, NodeRef(1), 10, from_newest), Some(0));
-            assert_eq!(find_edge(&list, NodeRef(3), 20, from_newest), Some(2));
-            assert_eq!(find_edge(&list, NodeRef(4), 20, from_newest), Some(3));
-            assert_eq!(find_edge(&list, NodeRef(5), 30, from_newest), Some(4));
-            // A wrong last sighting still finds the edge, by the fallback scan.
-            assert_eq!(find_edge(&list, NodeRef(2), 30, from_newest), Some(1));
-            assert_eq!(find_edge(&list, NodeRef(9), 20, from_newest), None);
-            assert_eq!(find_edge(&[], NodeRef(1), 10, from_newest), None);
-        }
+        assert_eq!(find_edge(&list, NodeRef(1), 10), Some(0));
+        assert_eq!(find_edge(&list, NodeRef(3), 20), Some(2));
+        assert_eq!(find_edge(&list, NodeRef(4), 20), Some(3));
+        assert_eq!(find_edge(&list, NodeRef(5), 30), Some(4));
+        // A wrong last sighting still finds the edge, by the fallback scan.
+        assert_eq!(find_edge(&list, NodeRef(2), 30), Some(1));
+        assert_eq!(find_edge(&list, NodeRef(5), 10), Some(4));
+        assert_eq!(find_edge(&list, NodeRef(9), 20), None);
+        assert_eq!(find_edge(&[], NodeRef(1), 10), None);
     }
 
     #[test]
