@@ -406,6 +406,36 @@ pub(crate) struct Shard {
     pub(crate) free: Vec<u32>,
 }
 
+impl Shard {
+    /// The slot of the node `(t, key)` (whose id hashes to `h`), created with first
+    /// sighting `time_ms` in a free slot or a new one when absent; an existing node's first
+    /// sighting moves back to `time_ms` if that is earlier (a late event).
+    fn find_or_create(&mut self, h: IdHash, t: NodeType, key: &str, time_ms: i64) -> usize {
+        if let Some(slot) = self.index.find(&self.nodes, h, key) {
+            let node = &mut self.nodes[slot as usize];
+            node.first_ms = node.first_ms.min(time_ms);
+            return slot as usize;
+        }
+        let node = Node::new(key, t, time_ms);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.nodes[slot as usize] = node;
+                slot as usize
+            }
+            None => {
+                assert!(
+                    self.nodes.len() < (1 << (32 - SHARD_BITS)),
+                    "node shard full"
+                );
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        self.index.insert(h, slot as u32);
+        slot
+    }
+}
+
 /// What [`Graph::apply`] did with a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -706,22 +736,10 @@ impl Graph {
     #[cfg(test)]
     pub(crate) fn intern(&self, t: NodeType, key: &str, time_ms: i64) -> NodeRef {
         let h = IdHash::of(key);
-        let shard = h.shard();
-        let mut guard = self.shards[t.index()][shard].write();
-        let Shard { index, nodes, free } = &mut *guard;
-        if let Some(slot) = index.find(nodes, h, key) {
-            let at = NodeRef::new(shard, slot as usize);
-            let node = &mut nodes[slot as usize];
-            if time_ms < node.first_ms {
-                node.first_ms = time_ms;
-                self.hot[t.index()].publish(at, node);
-            }
-            return at;
-        }
-        let slot = Self::place(nodes, free, Node::new(key, t, time_ms));
-        index.insert(h, slot as u32);
-        let at = NodeRef::new(shard, slot);
-        self.hot[t.index()].publish(at, &nodes[slot]);
+        let mut guard = self.shards[t.index()][h.shard()].write();
+        let slot = guard.find_or_create(h, t, key, time_ms);
+        let at = NodeRef::new(h.shard(), slot);
+        self.hot[t.index()].publish(at, &guard.nodes[slot]);
         at
     }
 
@@ -795,20 +813,8 @@ impl Graph {
         let h = IdHash::of(key);
         let shard = h.shard();
         let mut guard = self.shards[t.index()][shard].write();
-        let Shard { index, nodes, free } = &mut *guard;
-        let slot = match index.find(nodes, h, key) {
-            Some(slot) => {
-                let node = &mut nodes[slot as usize];
-                node.first_ms = node.first_ms.min(time_ms);
-                slot as usize
-            }
-            None => {
-                let slot = Self::place(nodes, free, Node::new(key, t, time_ms));
-                index.insert(h, slot as u32);
-                slot
-            }
-        };
-        let node = &mut nodes[slot];
+        let slot = guard.find_or_create(h, t, key, time_ms);
+        let node = &mut guard.nodes[slot];
         self.add_to_aggregates(node, time_ms, amount);
         let at = NodeRef::new(shard, slot);
         // A full list's new neighbour rotates the whole side (up to `adjacency_cap`).
@@ -816,21 +822,6 @@ impl Graph {
             .prefetch(ports, self.config.adjacency_cap, Intent::Write);
         self.hot[t.index()].prefetch(at);
         at
-    }
-
-    /// Puts `node` in a free slot of a shard, or a new one; returns the slot.
-    fn place(nodes: &mut Vec<Node>, free: &mut Vec<u32>, node: Node) -> usize {
-        match free.pop() {
-            Some(slot) => {
-                nodes[slot as usize] = node;
-                slot as usize
-            }
-            None => {
-                assert!(nodes.len() < (1 << (32 - SHARD_BITS)), "node shard full");
-                nodes.push(node);
-                nodes.len() - 1
-            }
-        }
     }
 
     /// Adds a transaction to a node's aggregates, keeping the state before it (`prev`) and,

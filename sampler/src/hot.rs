@@ -138,10 +138,15 @@ impl HotTable {
         records[offset].publish(node);
     }
 
+    /// The record at `at`, `None` while its segment has not been allocated.
+    fn record(&self, at: NodeRef) -> Option<&HotNode> {
+        let (segment, offset) = locate(at.0);
+        self.segments[segment].get()?.get(offset)
+    }
+
     /// The published state of the node at `at`, `None` if it was never published.
     pub(crate) fn read(&self, at: NodeRef) -> Option<HotView> {
-        let (segment, offset) = locate(at.0);
-        self.segments[segment].get()?.get(offset)?.read()
+        self.record(at)?.read()
     }
 
     /// Bytes of the segments allocated so far.
@@ -156,8 +161,7 @@ impl HotTable {
     /// Starts loading the record at `at` with intent to write, ahead of a
     /// [`HotTable::publish`] (the writer's side of [`HotTable::touch`]).
     pub(crate) fn prefetch(&self, at: NodeRef) {
-        let (segment, offset) = locate(at.0);
-        if let Some(record) = self.segments[segment].get().and_then(|r| r.get(offset)) {
+        if let Some(record) = self.record(at) {
             crate::prefetch::prefetch(record, crate::prefetch::Intent::Write);
         }
     }
@@ -165,8 +169,7 @@ impl HotTable {
     /// Loads the first word of the record at `at`, so that its cache line is on its way
     /// before [`HotTable::read`] needs it.
     pub(crate) fn touch(&self, at: NodeRef) {
-        let (segment, offset) = locate(at.0);
-        if let Some(record) = self.segments[segment].get().and_then(|r| r.get(offset)) {
+        if let Some(record) = self.record(at) {
             std::hint::black_box(record.w[0].load(Ordering::Relaxed));
         }
     }

@@ -53,11 +53,7 @@ fn assert_symmetric(g: &Graph, keys: &HashMap<(NodeType, String), NodeRef>) {
             } else {
                 src_t
             };
-            let back_side = if side == fraudgraph_sampler::graph::Side::Out {
-                fraudgraph_sampler::graph::Side::In
-            } else {
-                fraudgraph_sampler::graph::Side::Out
-            };
+            let back_side = side.flip();
             let back_port = ports(nbr_t)
                 .iter()
                 .position(|p| *p == (relation, back_side))
