@@ -37,6 +37,30 @@ pub const fn ln1p(x: f32) -> f32 {
     exponent as f32 * std::f32::consts::LN_2 + ln_m
 }
 
+/// [`ln1p`] of four values at once: the same bits as four calls (tested), written without
+/// branches so that the compiler evaluates the four lanes together in SIMD registers. A
+/// sampled node's features take two calls and an edge's one, instead of seven and three
+/// scalar evaluations whose data-dependent branch (the mantissa's range) mispredicts.
+#[inline]
+pub fn ln1p4(x: [f32; 4]) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    for (o, x) in out.iter_mut().zip(x) {
+        let y = 1.0 + x.max(0.0);
+        let bits = y.to_bits();
+        let exponent = ((bits >> 23) & 0xff) as i32 - 127;
+        let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+        let high = m > std::f32::consts::SQRT_2;
+        let m = if high { m * 0.5 } else { m };
+        let exponent = exponent + i32::from(high);
+        let z = (m - 1.0) / (m + 1.0);
+        let z2 = z * z;
+        let ln_m = 2.0 * z * (1.0 + z2 * (1.0 / 3.0 + z2 * (0.2 + z2 * (1.0 / 7.0))));
+        let r = exponent as f32 * std::f32::consts::LN_2 + ln_m;
+        *o = if y.is_finite() { r } else { y };
+    }
+    out
+}
+
 /// [`ln1p`] of the small counts every node and edge carries (degrees, sightings).
 const LN1P_COUNTS: [f32; 256] = {
     let mut table = [0.0; 256];
@@ -177,16 +201,19 @@ pub fn node_features_of(
     let agg = agg.unwrap_or([0.0; 8]);
     let count_7d = agg[2].max(1e-6);
     let resultant = (agg[6] * agg[6] + agg[7] * agg[7]).sqrt() / count_7d;
+    let [c1h, c24h, c7d, a1h] = ln1p4([agg[0], agg[1], agg[2], agg[3]]);
+    let age_days = (t_ms - first_ms).max(0) as f32 / DAY_MS;
+    let [a24h, a7d, age, _] = ln1p4([agg[4], agg[5], age_days, 0.0]);
     out.extend_from_slice(&[
-        ln1p(agg[0]),
-        ln1p(agg[1]),
-        ln1p(agg[2]),
-        ln1p(agg[3].max(0.0)),
-        ln1p(agg[4].max(0.0)),
-        ln1p(agg[5].max(0.0)),
+        c1h,
+        c24h,
+        c7d,
+        a1h,
+        a24h,
+        a7d,
         resultant.clamp(0.0, 1.0),
         ((agg[0] + 1.0) / (agg[1] / 24.0 + 1.0)).ln(),
-        ln1p((t_ms - first_ms).max(0) as f32 / DAY_MS),
+        age,
         0.0,
     ]);
     out.extend(degrees.iter().map(|&d| ln1p_count(d as u64)));
@@ -201,12 +228,18 @@ pub fn new_node_features(t: NodeType, out: &mut Vec<f32>) {
 
 /// Edge features of a visible edge as of `t_s` (seconds).
 pub fn edge_features(e: &EdgeView, t_s: u32, target_edge: bool, out: &mut Vec<f32>) {
-    let days = |s: u32| ln1p(t_s.saturating_sub(s) as f32 / 86_400.0);
-    out.extend_from_slice(&[
-        ln1p_count(u64::from(e.count)),
-        ln1p((e.amount / e.count.max(1) as f32).max(0.0)),
+    let days = |s: u32| t_s.saturating_sub(s) as f32 / 86_400.0;
+    let [mean_amount, since_first, since_last, _] = ln1p4([
+        e.amount / e.count.max(1) as f32,
         days(e.first_s),
         days(e.last_s),
+        0.0,
+    ]);
+    out.extend_from_slice(&[
+        ln1p_count(u64::from(e.count)),
+        mean_amount,
+        since_first,
+        since_last,
         f32::from(u8::from(target_edge)),
     ]);
 }
@@ -230,6 +263,38 @@ mod tests {
         }
         assert_eq!(ln1p(0.0), 0.0);
         assert_eq!(ln1p(-5.0), 0.0, "negative inputs clamp to 0");
+    }
+
+    #[test]
+    fn four_lanes_give_the_same_bits_as_four_calls() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            -1.0,
+            -5.0,
+            f32::MIN_POSITIVE,
+            1e-45,
+            0.414_213_57,
+            0.414_213_6,
+            1.0,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut x = 1e-7f32;
+        while x < 1e12 {
+            values.extend([x, x.next_up(), x.next_down(), -x]);
+            x = x * 1.013 + 1e-7;
+        }
+        for lanes in values.chunks(4) {
+            let mut four = [0.0f32; 4];
+            four[..lanes.len()].copy_from_slice(lanes);
+            let got = ln1p4(four);
+            for (v, g) in four.iter().zip(got) {
+                assert_eq!(g.to_bits(), ln1p(*v).to_bits(), "ln1p4 of {v:e}");
+            }
+        }
     }
 
     #[test]
