@@ -79,8 +79,19 @@ impl Adjacency {
     /// what [`crate::graph::Graph::apply`] does for each entity it interns, before it
     /// touches their edges, and the sampler for the nodes it is about to expand.
     pub(crate) fn prefetch(&self, ports: u8, count: usize, intent: Intent) {
-        for p in (0..self.port_count()).filter(|p| ports & (1 << p) != 0) {
-            prefetch_tail(self.port(p), count, intent);
+        let every_port = (1u8 << self.port_count()).wrapping_sub(1);
+        if ports & every_port == every_port && self.edges.len() <= count {
+            // Every edge is among the newest `count` of its port: one pass over all.
+            prefetch_tail(&self.edges, count, intent);
+            return;
+        }
+        let mut start = 0;
+        for (p, &end) in self.ends[..self.port_count()].iter().enumerate() {
+            let end = end as usize;
+            if ports & (1 << p) != 0 {
+                prefetch_tail(&self.edges[start..end], count, intent);
+            }
+            start = end;
         }
     }
 

@@ -13,6 +13,7 @@
 //! come from a state that predates it (see [`crate::graph`]).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -134,13 +135,19 @@ impl Subgraph {
     }
 }
 
+/// A known node's key in the sampler's row map: its type and address in one word, hashed in
+/// one step.
+fn ref_key(t: NodeType, node: NodeRef) -> u64 {
+    ((t.index() as u64) << 32) | u64::from(node.0)
+}
+
 struct Builder<'g> {
     graph: &'g Graph,
     t_ms: i64,
     t_s: u32,
     sub: Subgraph,
-    /// Rows of entities the graph knows, by address (no string hashing).
-    by_ref: FxHashMap<(NodeType, NodeRef), u32>,
+    /// Rows of entities the graph knows, by [`ref_key`] (no string hashing).
+    by_ref: FxHashMap<u64, u32>,
     /// Rows of the target's entities the graph has not seen, by id.
     by_key: FxHashMap<(NodeType, Box<str>), u32>,
     edges: FxHashSet<(Relation, u32, u32)>,
@@ -150,25 +157,32 @@ impl Builder<'_> {
     /// The row of an entity, adding it (with its features) when new.
     fn row(&mut self, t: NodeType, key: &str, node: Option<NodeRef>, hop: u8) -> (u32, bool) {
         let known = match node {
-            Some(n) => self.by_ref.get(&(t, n)),
+            Some(n) => self.by_ref.get(&ref_key(t, n)),
             None => self.by_key.get(&(t, key.into())),
         };
         if let Some(&r) = known {
             return (r, false);
         }
         let r = self.add(t, node, hop, Some(key));
+        if let Some(n) = node {
+            self.by_ref.insert(ref_key(t, n), r);
+        }
         (r, true)
     }
 
     /// The row of a known node reached by sampling, adding it when new.
     fn row_of(&mut self, t: NodeType, node: NodeRef, hop: u8) -> (u32, bool) {
-        if let Some(&r) = self.by_ref.get(&(t, node)) {
-            return (r, false);
-        }
+        // One hash and one probe: the row is claimed before the node is added.
+        let row = self.sub.nodes[t.index()].len() as u32;
+        match self.by_ref.entry(ref_key(t, node)) {
+            Entry::Occupied(known) => return (*known.get(), false),
+            Entry::Vacant(slot) => slot.insert(row),
+        };
         (self.add(t, Some(node), hop, None), true)
     }
 
-    /// Adds a node with its features as of t, read under one lock.
+    /// Adds a node with its features as of t, read under one lock. The caller records a
+    /// known node's row in `by_ref`.
     fn add(&mut self, t: NodeType, node: Option<NodeRef>, hop: u8, key: Option<&str>) -> u32 {
         let r = self.sub.nodes[t.index()].len() as u32;
         let out = &mut self.sub.node_features[t.index()];
@@ -207,7 +221,6 @@ impl Builder<'_> {
                         features::node_features(node, t_ms, &degrees[..ports], out);
                     });
                 }
-                self.by_ref.insert((t, n), r);
                 None
             }
             None => {
