@@ -348,7 +348,7 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(key: &str, t: NodeType, first_ms: i64) -> Self {
+    pub(crate) fn new(key: &str, t: NodeType, first_ms: i64) -> Self {
         Node {
             key: key.into(),
             first_ms,

@@ -395,19 +395,29 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
                 graph.prefetch_newest_edges(t, n, fanout + 2);
             }
             candidates.clear();
-            // (relation, side, view) of the visible edges of this node that
-            // can be chosen.
-            let keep = (config.strategy == Strategy::MostRecent).then_some(fanout);
-            graph.with_node(t, n, |node| {
-                visible_edges(node, t, t_s, keep, &mut candidates)
+            let most_recent = config.strategy == Strategy::MostRecent;
+            let merged = graph.with_node(t, n, |node| {
+                // A node quiet since t (most of them, at the head of a stream) has its
+                // newest edges merged straight from its lists; otherwise, or on a tie only
+                // the neighbour ids order, the visible edges that can be chosen are listed
+                // and chosen among.
+                let merged = most_recent
+                    && node.quiet_since(t_s)
+                    && newest_of_quiet(node, t, fanout, &mut candidates);
+                if !merged {
+                    visible_edges(node, t, t_s, most_recent.then_some(fanout), &mut candidates);
+                }
+                merged
             });
-            choose(
-                &mut candidates,
-                fanout,
-                config.strategy,
-                &mut rng,
-                &mut scratch,
-            );
+            if !merged {
+                choose(
+                    &mut candidates,
+                    fanout,
+                    config.strategy,
+                    &mut rng,
+                    &mut scratch,
+                );
+            }
             // Start loading every chosen neighbour's first line before reading any: their
             // cache misses overlap instead of queueing one after the other.
             for &(relation, side, view) in &candidates {
@@ -483,6 +493,50 @@ fn visible_edges(
         };
         out.extend(settled[from..].iter().map(|e| (relation, side, e.view())));
     }
+}
+
+/// Appends the `k` most recent edges of `node` (of type `t`), which must be quiet since the
+/// target's time (every stored edge visible with its full statistics), in [`newest_first`]
+/// order, by merging its lists from their newest ends: what [`visible_edges`] and
+/// [`choose`] give, without a candidate list or a sort. The lists are each ordered by last
+/// sighting and [`ports`] lists a type's relation sides in canonical order, so the merge
+/// breaks ties between lists as the canonical order does; two edges of one list seen in the
+/// same second are ordered by neighbour, which the merge does not do, so on such a tie it
+/// returns `false` and leaves `out` as it was.
+fn newest_of_quiet(
+    node: &crate::graph::Node,
+    t: NodeType,
+    k: usize,
+    out: &mut Vec<Candidate>,
+) -> bool {
+    let sides = ports(t);
+    let mut lists: [&[crate::graph::Edge]; MAX_PORTS] = [&[]; MAX_PORTS];
+    for (list, port) in lists.iter_mut().zip(node.ports.iter()) {
+        *list = port;
+    }
+    let lists = &mut lists[..sides.len()];
+    let start = out.len();
+    while out.len() - start < k {
+        // The list whose newest remaining edge is the newest; the first such list on a tie.
+        let mut best: Option<(usize, u32)> = None;
+        for (p, list) in lists.iter().enumerate() {
+            if let Some(e) = list.last()
+                && best.is_none_or(|(_, newest)| e.last_s > newest)
+            {
+                best = Some((p, e.last_s));
+            }
+        }
+        let Some((p, last_s)) = best else { break };
+        let (&edge, rest) = lists[p].split_last().expect("chosen list is not empty");
+        if rest.last().is_some_and(|e| e.last_s == last_s) {
+            out.truncate(start);
+            return false;
+        }
+        let (relation, side) = sides[p];
+        out.push((relation, side, edge.view()));
+        lists[p] = rest;
+    }
+    true
 }
 
 /// A candidate neighbour: the relation, which side of it the expanded node is on, and the
@@ -772,5 +826,65 @@ mod tests {
                 assert_eq!(chosen, want, "seed {seed}, spread {spread}, k = {k}");
             }
         }
+    }
+
+    #[test]
+    fn merging_a_quiet_nodes_lists_chooses_what_the_general_path_chooses() {
+        use crate::adjacency::Adjacency;
+        use crate::graph::{Edge, Node};
+        // Relation sides are listed in canonical order, which the merge relies on.
+        for t in NodeType::ALL {
+            let order: Vec<_> = ports(t).iter().map(|&(r, s)| (r, s == Side::In)).collect();
+            assert!(order.is_sorted(), "{t:?} ports out of canonical order");
+        }
+        let t_s = 10_000_000;
+        let mut rng = SplitMix(5);
+        let mut draw = |n: u64| (rng.next_f64() * n as f64) as u32;
+        let (mut merged_count, mut tie_count) = (0, 0);
+        let mut scratch = ChooseScratch::default();
+        for round in 0..400 {
+            let t = NodeType::ALL[round % NodeType::ALL.len()];
+            // Few distinct seconds in some rounds (ties within and across lists), many in
+            // others; every edge seen before t, as in a quiet node.
+            let spread = [3, 40, 5_000][round % 3];
+            let lists: Vec<Vec<Edge>> = ports(t)
+                .iter()
+                .map(|_| {
+                    let mut list: Vec<Edge> = (0..draw(30))
+                        .map(|i| Edge::new(NodeRef(i * 7 + draw(7)), t_s - 1 - draw(spread), 1.0))
+                        .collect();
+                    list.sort_by_key(|e| e.last_s);
+                    list
+                })
+                .collect();
+            let mut node = Node::new("n", t, 0);
+            node.agg.l_ms = i64::from(t_s - 1) * 1000;
+            node.ports = Adjacency::from_lists(lists).expect("at most six lists");
+            assert!(node.quiet_since(t_s));
+            for k in [0, 1, 5, 10, 20, 200] {
+                let mut want = Vec::new();
+                visible_edges(&node, t, t_s, Some(k), &mut want);
+                choose(
+                    &mut want,
+                    k,
+                    Strategy::MostRecent,
+                    &mut SplitMix(0),
+                    &mut scratch,
+                );
+                let mut got = Vec::new();
+                if newest_of_quiet(&node, t, k, &mut got) {
+                    merged_count += 1;
+                    assert_eq!(got, want, "round {round}, {t:?}, k = {k}");
+                } else {
+                    tie_count += 1;
+                    assert!(got.is_empty(), "a refused merge leaves the list as it was");
+                }
+            }
+        }
+        // Both outcomes happened, so both were checked.
+        assert!(
+            merged_count > 1_000 && tie_count > 100,
+            "{merged_count} merged, {tie_count} ties"
+        );
     }
 }
