@@ -706,11 +706,12 @@ impl Graph {
         self.hot[t.index()].read(node)
     }
 
-    /// Starts loading a node's [`Graph::hot_view`] into the caches, so that reading it a
-    /// moment later does not wait; a sampler touches all the neighbours it has chosen
-    /// before it reads them, and their cache misses overlap.
+    /// Starts loading a node's [`Graph::hot_view`] into the caches (a prefetch hint, which
+    /// nothing waits for), so that reading it a moment later does not wait; a sampler
+    /// touches the neighbours a whole frontier has chosen before it reads any, and their
+    /// cache misses overlap.
     pub fn touch(&self, t: NodeType, node: NodeRef) {
-        self.hot[t.index()].touch(node);
+        self.hot[t.index()].prefetch(node, Intent::Read);
     }
 
     /// Publishes every node's first line to the lock-free mirror (after a restore).
@@ -820,7 +821,7 @@ impl Graph {
         // A full list's new neighbour rotates the whole side (up to `adjacency_cap`).
         node.ports
             .prefetch(ports, self.config.adjacency_cap, Intent::Write);
-        self.hot[t.index()].prefetch(at);
+        self.hot[t.index()].prefetch(at, Intent::Write);
         at
     }
 
@@ -900,7 +901,7 @@ impl Graph {
         }
         drop(guard);
         if intent == Intent::Write {
-            self.hot[t.index()].prefetch(at);
+            self.hot[t.index()].prefetch(at, Intent::Write);
         }
     }
 

@@ -5,8 +5,8 @@
 //! each is a full fence. A sample adds ~300 nodes; with a fence on either side of every node
 //! read, the cache misses of consecutive nodes cannot overlap, and they are most of the
 //! time of a sample on a graph larger than the caches. Reading a node here is a handful of
-//! plain loads, and a sampler can touch the records of all the neighbours it has chosen
-//! before it reads them, so their misses overlap.
+//! plain loads, and a sampler can prefetch the records of all the neighbours a frontier has
+//! chosen before it reads them, so their misses overlap.
 //!
 //! How: one [`HotNode`] per node slot, 64 bytes of atomics, in per-type tables whose
 //! segments never move once allocated (segment `s` holds `64·2^s` records, so the table
@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use crate::graph::{Aggregates, MAX_PORTS, Node, NodeRef};
+use crate::prefetch::{Intent, prefetch};
 
 /// Records in segment 0; segment `s` holds `BASE << s`.
 const BASE: u64 = 64;
@@ -158,19 +159,12 @@ impl HotTable {
             .sum()
     }
 
-    /// Starts loading the record at `at` with intent to write, ahead of a
-    /// [`HotTable::publish`] (the writer's side of [`HotTable::touch`]).
-    pub(crate) fn prefetch(&self, at: NodeRef) {
+    /// Starts loading the record at `at`: with [`Intent::Write`] ahead of a
+    /// [`HotTable::publish`] (the writer), with [`Intent::Read`] ahead of a
+    /// [`HotTable::read`] (a sampler). A hint, not a load: nothing waits for it to arrive.
+    pub(crate) fn prefetch(&self, at: NodeRef, intent: Intent) {
         if let Some(record) = self.record(at) {
-            crate::prefetch::prefetch(record, crate::prefetch::Intent::Write);
-        }
-    }
-
-    /// Loads the first word of the record at `at`, so that its cache line is on its way
-    /// before [`HotTable::read`] needs it.
-    pub(crate) fn touch(&self, at: NodeRef) {
-        if let Some(record) = self.record(at) {
-            std::hint::black_box(record.w[0].load(Ordering::Relaxed));
+            prefetch(record, intent);
         }
     }
 }

@@ -370,6 +370,10 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     // typical subgraph so that they are not grown entry by entry.
     let mut frontier: Vec<(NodeType, NodeRef, u32)> = Vec::with_capacity(EXPECTED_NODES);
     let mut next: Vec<(NodeType, NodeRef, u32)> = Vec::with_capacity(EXPECTED_NODES);
+    // The neighbours every frontier node chose, one after the other, and where each node's
+    // end.
+    let mut chosen: Vec<Candidate> = Vec::with_capacity(EXPECTED_NODES);
+    let mut chosen_ends: Vec<usize> = Vec::with_capacity(EXPECTED_NODES);
     frontier.extend(account.map(|a| (NodeType::Account, a, account_row)));
     for (hop, &fanout) in config.fanouts.iter().enumerate() {
         let hop = hop as u8 + 1;
@@ -377,6 +381,8 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         if hop == 1 {
             next.append(&mut own);
         }
+        chosen.clear();
+        chosen_ends.clear();
         // Keep the frontier nodes `2 * AHEAD` ahead of the one being expanded on their
         // way, and the newest edges of those `AHEAD` ahead (by then their nodes, which say
         // where the edges are, have arrived): their misses overlap instead of queueing one
@@ -387,7 +393,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
         for &(t, n, _) in frontier.iter().take(AHEAD) {
             graph.prefetch_newest_edges(t, n, fanout + 2);
         }
-        for (i, &(t, n, src_row)) in frontier.iter().enumerate() {
+        for (i, &(t, n, _)) in frontier.iter().enumerate() {
             if let Some(&(t, n, _)) = frontier.get(i + 2 * AHEAD) {
                 graph.prefetch_node(t, n, Intent::Read);
             }
@@ -418,13 +424,20 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
                     &mut scratch,
                 );
             }
-            // Start loading every chosen neighbour's first line before reading any: their
-            // cache misses overlap instead of queueing one after the other.
+            // Start loading every chosen neighbour's first line now, and read none of them
+            // before the whole frontier has chosen: the misses of all its neighbours
+            // overlap instead of a node's few at a time.
             for &(relation, side, view) in &candidates {
                 let (st, dt) = relation.endpoints();
                 graph.touch(if side == Side::Out { dt } else { st }, view.nbr);
             }
-            for &(relation, side, view) in &candidates {
+            chosen.extend_from_slice(&candidates);
+            chosen_ends.push(chosen.len());
+        }
+        // Then the rows and edges, frontier node by frontier node, in the order chosen.
+        let mut from = 0;
+        for (&(_, _, src_row), &to) in frontier.iter().zip(&chosen_ends) {
+            for &(relation, side, view) in &chosen[from..to] {
                 let (st, dt) = relation.endpoints();
                 let nbr_t = if side == Side::Out { dt } else { st };
                 let (nbr_row, is_new) = b.row_of(nbr_t, view.nbr, hop);
@@ -439,6 +452,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
                 };
                 b.edge(relation, sr, dr, Some(&view), false);
             }
+            from = to;
         }
         std::mem::swap(&mut frontier, &mut next);
     }
