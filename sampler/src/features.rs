@@ -19,44 +19,31 @@ pub const FEATURE_SCHEMA_VERSION: u32 = 2;
 /// f32 arithmetic, so it gives the same bits everywhere, and several times
 /// cheaper than libm at the thousands of calls a sampled subgraph makes. A `const fn`, so
 /// [`ln1p_count`]'s table holds exactly its values.
+///
+/// Written without branches (the mantissa's range and a non-finite input are selects), so
+/// that [`ln1p4`] evaluates four of it in SIMD lanes.
 pub const fn ln1p(x: f32) -> f32 {
     let y = 1.0 + x.max(0.0);
-    if !y.is_finite() {
-        return y;
-    }
     let bits = y.to_bits();
-    let mut exponent = ((bits >> 23) & 0xff) as i32 - 127;
-    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    if m > std::f32::consts::SQRT_2 {
-        m *= 0.5;
-        exponent += 1;
-    }
+    let exponent = ((bits >> 23) & 0xff) as i32 - 127;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let high = m > std::f32::consts::SQRT_2;
+    let m = if high { m * 0.5 } else { m };
+    let exponent = exponent + high as i32;
     let z = (m - 1.0) / (m + 1.0);
     let z2 = z * z;
     let ln_m = 2.0 * z * (1.0 + z2 * (1.0 / 3.0 + z2 * (0.2 + z2 * (1.0 / 7.0))));
-    exponent as f32 * std::f32::consts::LN_2 + ln_m
+    let r = exponent as f32 * std::f32::consts::LN_2 + ln_m;
+    if y.is_finite() { r } else { y }
 }
 
-/// [`ln1p`] of four values at once: the same bits as four calls (tested), written without
-/// branches so that the compiler evaluates the four lanes together in SIMD registers. A
-/// sampled node's features take two calls and an edge's one, instead of seven and three
-/// scalar evaluations whose data-dependent branch (the mantissa's range) mispredicts.
-#[inline]
+/// [`ln1p`] of four values at once: four calls of the branch-free [`ln1p`], which the
+/// compiler evaluates together in SIMD registers. A sampled node's features take two calls
+/// and an edge's one, instead of seven and three scalar evaluations.
 pub fn ln1p4(x: [f32; 4]) -> [f32; 4] {
     let mut out = [0.0f32; 4];
     for (o, x) in out.iter_mut().zip(x) {
-        let y = 1.0 + x.max(0.0);
-        let bits = y.to_bits();
-        let exponent = ((bits >> 23) & 0xff) as i32 - 127;
-        let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-        let high = m > std::f32::consts::SQRT_2;
-        let m = if high { m * 0.5 } else { m };
-        let exponent = exponent + i32::from(high);
-        let z = (m - 1.0) / (m + 1.0);
-        let z2 = z * z;
-        let ln_m = 2.0 * z * (1.0 + z2 * (1.0 / 3.0 + z2 * (0.2 + z2 * (1.0 / 7.0))));
-        let r = exponent as f32 * std::f32::consts::LN_2 + ln_m;
-        *o = if y.is_finite() { r } else { y };
+        *o = ln1p(x);
     }
     out
 }

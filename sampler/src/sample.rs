@@ -375,6 +375,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     let mut chosen: Vec<Candidate> = Vec::with_capacity(EXPECTED_NODES);
     let mut chosen_ends: Vec<usize> = Vec::with_capacity(EXPECTED_NODES);
     frontier.extend(account.map(|a| (NodeType::Account, a, account_row)));
+    let most_recent = config.strategy == Strategy::MostRecent;
     for (hop, &fanout) in config.fanouts.iter().enumerate() {
         let hop = hop as u8 + 1;
         next.clear();
@@ -401,7 +402,6 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
                 graph.prefetch_newest_edges(t, n, fanout + 2);
             }
             candidates.clear();
-            let most_recent = config.strategy == Strategy::MostRecent;
             let merged = graph.with_node(t, n, |node| {
                 // A node quiet since t (most of them, at the head of a stream) has its
                 // newest edges merged straight from its lists; otherwise, or on a tie only
@@ -592,7 +592,13 @@ fn key_order(key: SortKey) -> u64 {
 #[derive(Default)]
 struct ChooseScratch {
     keys: Vec<SortKey>,
-    chosen: Vec<Candidate>,
+    sorted: Vec<Candidate>,
+}
+
+/// The `k` first of `c` in [`newest_first`] order, by a plain sort of the candidates.
+fn sort_newest_first(c: &mut Vec<Candidate>, k: usize) {
+    c.sort_unstable_by(newest_first);
+    c.truncate(k);
 }
 
 /// Keeps at most `k` candidates, the most recent or a weighted draw, in a canonical order
@@ -614,8 +620,7 @@ fn choose(
         Strategy::MostRecent => {
             if c.len() >= 1 << KEY_INDEX_BITS {
                 // More candidates than a key can index (a cap of millions): the plain way.
-                c.sort_unstable_by(newest_first);
-                c.truncate(k);
+                sort_newest_first(c, k);
                 return;
             }
             let keys = &mut scratch.keys;
@@ -628,34 +633,24 @@ fn choose(
                 if key_order(last_in) == key_order(first_out) {
                     // The k-th and the (k+1)-th differ only by neighbour, which the keys do
                     // not hold (rare: two edges of one relation side seen in one second).
-                    c.sort_unstable_by(newest_first);
-                    c.truncate(k);
+                    sort_newest_first(c, k);
                     return;
                 }
                 keys.truncate(k);
             }
             keys.sort_unstable();
-            let chosen = &mut scratch.chosen;
-            chosen.clear();
-            chosen.extend(
+            let sorted = &mut scratch.sorted;
+            sorted.clear();
+            sorted.extend(
                 keys.iter()
                     .map(|&key| c[(key & ((1 << KEY_INDEX_BITS) - 1)) as usize]),
             );
             // Runs that only the neighbour orders, in neighbour order.
-            let mut start = 0;
-            while start < keys.len() {
-                let order = key_order(keys[start]);
-                let end = start
-                    + keys[start..]
-                        .iter()
-                        .take_while(|&&key| key_order(key) == order)
-                        .count();
-                if end - start > 1 {
-                    chosen[start..end].sort_unstable_by_key(|x| x.2.nbr);
-                }
-                start = end;
+            for run in sorted.chunk_by_mut(|a, b| (a.0, a.1, a.2.last_s) == (b.0, b.1, b.2.last_s))
+            {
+                run.sort_unstable_by_key(|x| x.2.nbr);
             }
-            std::mem::swap(c, chosen);
+            std::mem::swap(c, sorted);
         }
         Strategy::Weighted => {
             // Draws in the canonical order too.
