@@ -214,8 +214,10 @@ pub struct ReplayProgress {
 /// Replays `stream` in time order through a fresh graph. For every
 /// transaction after warm-up that `keep(txn, period, fraud)` accepts, the
 /// neighbourhood is sampled before the transaction is applied and handed to
-/// `on_example`. `progress` is called every 4,096 transactions. Returns the
-/// graph as it stands at the end.
+/// `on_example`. Transactions are applied as the service applies them
+/// ([`Graph::apply_evicting`]: idle eviction included), so training and evaluation see
+/// the graph serving would have at each point of the stream. `progress` is called every
+/// 4,096 transactions. Returns the graph as it stands at the end.
 pub fn replay(
     stream: &LabelledStream,
     split: &SplitTimes,
@@ -240,7 +242,7 @@ pub fn replay(
                 });
             }
         }
-        let outcome = graph.apply(txn);
+        let (outcome, _) = graph.apply_evicting(txn);
         debug_assert_ne!(outcome, ApplyOutcome::TooLate, "the stream is sorted");
         if i % 4096 == 4095 {
             progress(ReplayProgress { done: i + 1, total });

@@ -55,6 +55,11 @@ pub fn epoch_secs(ms: i64) -> u32 {
     ((ms - EPOCH_MS).div_euclid(1000)).clamp(0, i64::from(u32::MAX)) as u32
 }
 
+/// [`Graph::apply_evicting`] runs an idle-eviction pass each time the newest applied event
+/// time enters a new period of the retention divided by this (22.5 h of event time for the
+/// default 30 days, so nothing outlives its retention by more than that).
+pub const EVICTION_PERIODS_PER_RETENTION: i64 = 32;
+
 /// Time constants of the node aggregates: 1 hour, 24 hours, 7 days.
 pub const WINDOWS_MS: [i64; 3] = [3_600_000, 86_400_000, 604_800_000];
 
@@ -652,6 +657,14 @@ fn find_edge(list: &[Edge], nbr: NodeRef, last_s: u32) -> Option<usize> {
         .or_else(|| list.iter().position(|e| e.nbr == nbr))
 }
 
+/// Whether moving the newest applied event time from `before` to `after` opens a new
+/// eviction period of `retention_ms / EVICTION_PERIODS_PER_RETENTION` (at least 1 ms).
+/// The first transaction of an empty graph opens none: there is nothing to evict.
+fn eviction_due(before: i64, after: i64, retention_ms: i64) -> bool {
+    let period = (retention_ms / EVICTION_PERIODS_PER_RETENTION).max(1);
+    before != i64::MIN && after.div_euclid(period) > before.div_euclid(period)
+}
+
 /// The 128-bit hash of a txn_id used for de-duplication.
 pub fn txn_hash(txn_id: &str) -> u128 {
     (u128::from(hash_str(txn_id, 1)) << 64) | u128::from(hash_str(txn_id, 2))
@@ -928,9 +941,29 @@ impl Graph {
         }
     }
 
+    /// [`Graph::apply`], then an idle-eviction pass ([`Graph::evict_idle`]) when the
+    /// transaction moved the watermark into a new eviction period
+    /// ([`EVICTION_PERIODS_PER_RETENTION`]); returns what the pass removed, if one ran.
+    ///
+    /// This is how every consumer of a stream applies it: the service's live graph and the
+    /// training and evaluation replays. Driven by event time and not by a clock, the passes
+    /// fall at the same places in a stream however fast it is applied, so a model is
+    /// trained on the graph it is served from (an entity idle past the retention comes back
+    /// as new in both), and a run restored from a snapshot (which records the watermark)
+    /// builds the same graph as an uninterrupted one. A pass scans the whole graph (tens of
+    /// milliseconds at a million edges), about once a day of event time. Call it from the
+    /// writer.
+    pub fn apply_evicting(&self, txn: &Transaction) -> (ApplyOutcome, Option<Evicted>) {
+        let before = self.watermark_ms();
+        let outcome = self.apply(txn);
+        let due = eviction_due(before, self.watermark_ms(), self.config.retention_ms);
+        (outcome, due.then(|| self.evict_idle()))
+    }
+
     /// Applies a transaction: its nodes, edges, aggregates and, for the
     /// account, its sequence. Idempotent by txn_id; a transaction older than
-    /// the late window is refused. The caller validates first.
+    /// the late window is refused. The caller validates first. Streams are applied with
+    /// [`Graph::apply_evicting`], which also evicts what has been idle too long.
     pub fn apply(&self, txn: &Transaction) -> ApplyOutcome {
         let id = txn_hash(&txn.txn_id);
         {
@@ -1122,6 +1155,71 @@ mod tests {
         assert_eq!(find_edge(&list, NodeRef(5), 10), Some(4));
         assert_eq!(find_edge(&list, NodeRef(9), 20), None);
         assert_eq!(find_edge(&[], NodeRef(1), 10), None);
+    }
+
+    #[test]
+    fn a_pass_is_due_when_the_watermark_enters_a_new_period() {
+        let retention = 32 * 1_000; // periods of 1 s
+        assert!(
+            !eviction_due(i64::MIN, 5_000, retention),
+            "first transaction"
+        );
+        assert!(!eviction_due(5_000, 5_999, retention), "same period");
+        assert!(eviction_due(5_999, 6_000, retention), "next period");
+        assert!(
+            eviction_due(5_000, 9_500, retention),
+            "several periods at once: one pass"
+        );
+        assert!(
+            !eviction_due(6_000, 6_000, retention),
+            "late or duplicate: no move"
+        );
+        assert!(eviction_due(-1, 0, retention), "before 1970 too");
+        assert!(
+            eviction_due(0, 1, 1),
+            "a retention under 32 ms still has periods"
+        );
+    }
+
+    #[test]
+    fn applying_a_stream_evicts_what_stayed_idle_past_the_retention() {
+        const HOUR_MS: i64 = 3_600_000;
+        let config = GraphConfig {
+            retention_ms: 32 * HOUR_MS, // eviction periods of one hour
+            ..GraphConfig::default()
+        };
+        let txn = |i: i64, device: &str| Transaction {
+            txn_id: format!("t{i}"),
+            account_id: "busy".into(),
+            merchant_id: "m".into(),
+            device_id: Some(device.into()),
+            event_time_ms: EPOCH_MS + i * HOUR_MS / 4,
+            amount_minor: 100,
+            ..Default::default()
+        };
+        let evicting = Graph::new(config.clone());
+        let plain = Graph::new(config);
+        let mut passes = Vec::new();
+        // The account pays every quarter of an hour for 40 hours; its first device is
+        // seen once, at the start.
+        for i in 0..160 {
+            let t = txn(i, if i == 0 { "once" } else { "daily" });
+            let (outcome, pass) = evicting.apply_evicting(&t);
+            assert_eq!(outcome, ApplyOutcome::Applied);
+            assert_eq!(plain.apply(&t), ApplyOutcome::Applied);
+            passes.extend(pass.map(|p| (i, p)));
+        }
+        // A pass at every new hour of event time (quarter 4, 8, ...), not on other applies.
+        assert_eq!(passes.len(), 39);
+        assert!(passes.iter().all(|(i, _)| i % 4 == 0));
+        // The first device, idle for more than 32 hours, is gone with its edge; the rest
+        // stays. Without passes it would all still be there.
+        let removed = passes.iter().map(|(_, p)| p.nodes).sum::<u64>();
+        assert_eq!(removed, 1);
+        assert_eq!(evicting.lookup(NodeType::Device, "once"), None);
+        assert!(evicting.lookup(NodeType::Device, "daily").is_some());
+        assert!(plain.lookup(NodeType::Device, "once").is_some());
+        assert_eq!(plain.stats().edges, evicting.stats().edges + 1);
     }
 
     #[test]

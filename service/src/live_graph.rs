@@ -9,20 +9,22 @@
 //!
 //! # Idle eviction, by event time
 //!
-//! [`LiveGraph::apply`] also runs the graph's idle eviction ([`Graph::evict_idle`]), in the
-//! same hold of the writer lock, whenever the newest applied event time enters a new
-//! period of [`EVICTION_PERIODS_PER_RETENTION`]ths of the retention (22.5 h of event time
-//! for the default 30 days, so nothing outlives its retention by more than that). Driven by
-//! the stream and not by a clock, the passes fall at the same places in it however fast it
-//! is applied: a replay, a run restarted from a snapshot (which records the watermark) and
-//! an uninterrupted run build the same graph, and a backlog packing days of event time into
-//! seconds evicts as it would have live. A pass scans the whole graph under the writer lock
-//! and each shard's write lock in turn (15-20 ms at 1.1M edges on dev-2c, `fraudgraph bench
-//! sampler`'s `evict_idle_pass_ms`), so it runs about once a day in production, not on a
-//! timer. The apply that opens a period pays for it: usually the Kafka applier's; when it
-//! is a Score call's (`apply_to_graph`), that one request may be answered by the GBDT if
-//! the pass outlasts its deadline. (Until 2026-12-06 a pass ran every second from the
-//! applier, or every 5 s without Kafka, and every apply waited for it on the writer lock.)
+//! [`LiveGraph::apply`] applies with [`Graph::apply_evicting`], as the training and
+//! evaluation replays do: the graph's idle eviction runs in the same hold of the writer
+//! lock whenever the newest applied event time enters a new period of
+//! [`EVICTION_PERIODS_PER_RETENTION`](fraudgraph_sampler::graph::EVICTION_PERIODS_PER_RETENTION)ths of the retention (22.5 h of event time for the
+//! default 30 days). Driven by the stream and not by a clock, the passes fall at the same
+//! places in it however fast it is applied: a replay, a run restarted from a snapshot
+//! (which records the watermark) and an uninterrupted run build the same graph, a backlog
+//! packing days of event time into seconds evicts as it would have live, and a model is
+//! served from the graph it was trained on. A pass scans the whole graph under the writer
+//! lock and each shard's write lock in turn (15-20 ms at 1.1M edges on dev-2c, `fraudgraph
+//! bench sampler`'s `evict_idle_pass_ms`), so it runs about once a day in production, not
+//! on a timer. The apply that opens a period pays for it: usually the Kafka applier's;
+//! when it is a Score call's (`apply_to_graph`), that one request may be answered by the
+//! GBDT if the pass outlasts its deadline. (Until 2026-12-06 a pass ran every second from
+//! the applier, or every 5 s without Kafka, and every apply waited for it on the writer
+//! lock.)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,10 +35,6 @@ use fraudgraph_sampler::snapshot::Offsets;
 use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
-
-/// Idle eviction runs each time the newest applied event time enters a new period of the
-/// graph's retention divided by this (see the module documentation).
-pub const EVICTION_PERIODS_PER_RETENTION: i64 = 32;
 
 /// The live graph shared by the Kafka applier, Score calls and the samplers.
 pub struct LiveGraph {
@@ -65,21 +63,13 @@ impl LiveGraph {
     /// for microseconds, and for the length of a pass about once a day of event time: call
     /// it from a sampler or Kafka thread, not from an async task.
     pub fn apply(&self, txn: &Transaction) -> ApplyOutcome {
+        let started = Instant::now();
         let (outcome, eviction) = {
             let _writer = self.writer.lock();
-            let before = self.graph.watermark_ms();
-            let outcome = self.graph.apply(txn);
-            let due = eviction_due(
-                before,
-                self.graph.watermark_ms(),
-                self.graph.config().retention_ms,
-            );
-            let eviction = due.then(|| {
-                let started = Instant::now();
-                (self.graph.evict_idle(), started.elapsed())
-            });
-            (outcome, eviction)
+            self.graph.apply_evicting(txn)
         };
+        // The pass's time includes the apply's few microseconds.
+        let eviction = eviction.map(|evicted| (evicted, started.elapsed()));
         if outcome == ApplyOutcome::Applied {
             self.metrics.graph_transactions.inc();
         }
@@ -115,48 +105,16 @@ impl LiveGraph {
     }
 }
 
-/// Whether moving the newest applied event time from `before` to `after` opens a new
-/// eviction period of `retention_ms / EVICTION_PERIODS_PER_RETENTION` (at least 1 ms).
-/// The first transaction of an empty graph opens none: there is nothing to evict.
-fn eviction_due(before: i64, after: i64, retention_ms: i64) -> bool {
-    let period = (retention_ms / EVICTION_PERIODS_PER_RETENTION).max(1);
-    before != i64::MIN && after.div_euclid(period) > before.div_euclid(period)
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
-    use fraudgraph_sampler::graph::GraphConfig;
+    use fraudgraph_sampler::graph::{EVICTION_PERIODS_PER_RETENTION, GraphConfig};
     use fraudgraph_simulator::{SimConfig, Simulation};
 
     use super::*;
 
     const DAY_MS: i64 = 86_400_000;
-
-    #[test]
-    fn a_pass_is_due_when_the_watermark_enters_a_new_period() {
-        let retention = 32 * 1_000; // periods of 1 s
-        assert!(
-            !eviction_due(i64::MIN, 5_000, retention),
-            "first transaction"
-        );
-        assert!(!eviction_due(5_000, 5_999, retention), "same period");
-        assert!(eviction_due(5_999, 6_000, retention), "next period");
-        assert!(
-            eviction_due(5_000, 9_500, retention),
-            "several periods at once: one pass"
-        );
-        assert!(
-            !eviction_due(6_000, 6_000, retention),
-            "late or duplicate: no move"
-        );
-        assert!(eviction_due(-1, 0, retention), "before 1970 too");
-        assert!(
-            eviction_due(0, 1, 1),
-            "a retention under 32 ms still has periods"
-        );
-    }
 
     fn graph_config() -> GraphConfig {
         GraphConfig {
@@ -225,5 +183,51 @@ mod tests {
             unevicted.apply(t);
         }
         assert!(unevicted.stats().edges > steady.graph().stats().edges);
+    }
+
+    #[test]
+    fn training_replays_the_graph_the_service_serves_from() {
+        use fraudgraph_models::dataset::{LabelledStream, Split, replay};
+        use fraudgraph_sampler::sample::{SamplerConfig, sample};
+
+        let sim = Simulation::generate(&SimConfig {
+            transactions: 20_000,
+            seed: 5,
+            ..SimConfig::default()
+        })
+        .expect("valid simulation config");
+        let stream = LabelledStream::from_simulation(&sim);
+        let split = Split::default().times(&stream).expect("a valid split");
+        let sampler = SamplerConfig::default();
+
+        let metrics = Arc::new(Metrics::new());
+        let live = LiveGraph::new(Graph::new(graph_config()), metrics.clone());
+        for t in &stream.transactions {
+            live.apply(t);
+        }
+        assert!(
+            metrics.graph_evicted.with_label_values(&["edges"]).get() > 0,
+            "the stream outlasts the retention, so the service evicted"
+        );
+        let replayed = replay(
+            &stream,
+            &split,
+            &graph_config(),
+            &sampler,
+            |_, _, _| false,
+            |_| {},
+            &|_| {},
+        );
+        assert_eq!(
+            (replayed.stats().edges, replayed.stats().nodes),
+            (live.graph().stats().edges, live.graph().stats().nodes)
+        );
+        // What the model is trained on is what it is served: the same subgraphs.
+        for t in stream.transactions.iter().rev().take(50) {
+            assert_eq!(
+                sample(&replayed, t, &sampler),
+                sample(live.graph(), t, &sampler)
+            );
+        }
     }
 }
