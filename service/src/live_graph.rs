@@ -11,10 +11,10 @@
 //!
 //! [`LiveGraph::apply`] applies with [`Graph::apply_evicting`], as the training and
 //! evaluation replays do: the graph's idle eviction runs in the same hold of the writer
-//! lock whenever the newest applied event time enters a new period of
-//! [`EVICTION_PERIODS_PER_RETENTION`](fraudgraph_sampler::graph::EVICTION_PERIODS_PER_RETENTION)ths of the retention (22.5 h of event time for the
-//! default 30 days). Driven by the stream and not by a clock, the passes fall at the same
-//! places in it however fast it is applied: a replay, a run restarted from a snapshot
+//! lock whenever the newest applied event time enters a new period of a 32nd of the
+//! retention ([`EVICTION_PERIODS_PER_RETENTION`]; 22.5 h of event time for the default 30
+//! days). Driven by the stream and not by a clock, the passes fall at the same places in it
+//! however fast it is applied: a replay, a run restarted from a snapshot
 //! (which records the watermark) and an uninterrupted run build the same graph, a backlog
 //! packing days of event time into seconds evicts as it would have live, and a model is
 //! served from the graph it was trained on. A pass scans the whole graph under the writer
@@ -25,6 +25,8 @@
 //! GBDT if the pass outlasts its deadline. (Until 2026-12-06 a pass ran every second from
 //! the applier, or every 5 s without Kafka, and every apply waited for it on the writer
 //! lock.)
+//!
+//! [`EVICTION_PERIODS_PER_RETENTION`]: fraudgraph_sampler::graph::EVICTION_PERIODS_PER_RETENTION
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,13 +65,13 @@ impl LiveGraph {
     /// for microseconds, and for the length of a pass about once a day of event time: call
     /// it from a sampler or Kafka thread, not from an async task.
     pub fn apply(&self, txn: &Transaction) -> ApplyOutcome {
-        let started = Instant::now();
         let (outcome, eviction) = {
             let _writer = self.writer.lock();
-            self.graph.apply_evicting(txn)
+            let started = Instant::now();
+            let (outcome, evicted) = self.graph.apply_evicting(txn);
+            // A pass's time includes the apply's few microseconds.
+            (outcome, evicted.map(|evicted| (evicted, started.elapsed())))
         };
-        // The pass's time includes the apply's few microseconds.
-        let eviction = eviction.map(|evicted| (evicted, started.elapsed()));
         if outcome == ApplyOutcome::Applied {
             self.metrics.graph_transactions.inc();
         }
