@@ -83,7 +83,7 @@ impl Default for TrainConfig {
             legit_sample_rate: 0.1,
             epoch_valid_legit_rate: 0.25,
             pos_weight: None,
-            epochs: 8,
+            epochs: 12,
             patience: 2,
             batch_size: 128,
             learning_rate: 2e-3,
