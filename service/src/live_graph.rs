@@ -125,20 +125,25 @@ mod tests {
         }
     }
 
-    /// (transactions, edges, nodes by type, watermark) of `live`'s graph.
-    fn shape(live: &LiveGraph) -> (u64, u64, [u64; 5], i64) {
-        let s = live.graph().stats();
+    /// (transactions, edges, nodes by type, watermark) of `graph`.
+    fn shape(graph: &Graph) -> (u64, u64, [u64; 5], i64) {
+        let s = graph.stats();
         (s.transactions, s.edges, s.nodes, s.watermark_ms)
+    }
+
+    /// 20,000 simulated transactions: a stream that outlasts the tests' 3-day retention.
+    fn simulation(seed: u64) -> Simulation {
+        Simulation::generate(&SimConfig {
+            transactions: 20_000,
+            seed,
+            ..SimConfig::default()
+        })
+        .expect("valid simulation config")
     }
 
     #[test]
     fn eviction_follows_the_stream_so_a_restored_run_builds_the_same_graph() {
-        let sim = Simulation::generate(&SimConfig {
-            transactions: 20_000,
-            seed: 3,
-            ..SimConfig::default()
-        })
-        .expect("valid simulation config");
+        let sim = simulation(3);
         let txns: Vec<Transaction> = sim.transactions().collect();
         let span_ms = txns.last().unwrap().event_time_ms - txns[0].event_time_ms;
         assert!(span_ms > 30 * DAY_MS, "the stream outlasts the retention");
@@ -177,7 +182,7 @@ mod tests {
         for t in &txns[cut - 100..] {
             restored.apply(t);
         }
-        assert_eq!(shape(&restored), shape(&steady));
+        assert_eq!(shape(restored.graph()), shape(steady.graph()));
 
         // Without eviction the graph would be larger: the passes did remove something.
         let unevicted = Graph::new(graph_config());
@@ -192,13 +197,7 @@ mod tests {
         use fraudgraph_models::dataset::{LabelledStream, Split, replay};
         use fraudgraph_sampler::sample::{SamplerConfig, sample};
 
-        let sim = Simulation::generate(&SimConfig {
-            transactions: 20_000,
-            seed: 5,
-            ..SimConfig::default()
-        })
-        .expect("valid simulation config");
-        let stream = LabelledStream::from_simulation(&sim);
+        let stream = LabelledStream::from_simulation(&simulation(5));
         let split = Split::default().times(&stream).expect("a valid split");
         let sampler = SamplerConfig::default();
 
@@ -220,10 +219,7 @@ mod tests {
             |_| {},
             &|_| {},
         );
-        assert_eq!(
-            (replayed.stats().edges, replayed.stats().nodes),
-            (live.graph().stats().edges, live.graph().stats().nodes)
-        );
+        assert_eq!(shape(&replayed), shape(live.graph()));
         // What the model is trained on is what it is served: the same subgraphs.
         for t in stream.transactions.iter().rev().take(50) {
             assert_eq!(
