@@ -242,6 +242,7 @@ pub fn replay(
                 });
             }
         }
+        graph.prefetch_upcoming(stream.transactions.iter().skip(i + 1).take(2));
         let (outcome, _) = graph.apply_evicting(txn);
         debug_assert_ne!(outcome, ApplyOutcome::TooLate, "the stream is sorted");
         if i % 4096 == 4095 {

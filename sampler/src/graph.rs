@@ -32,19 +32,19 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
 use fraudgraph_proto::v1::Transaction;
-use hashbrown::HashTable;
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::{FxBuildHasher, FxHashSet};
+use rustc_hash::FxHashSet;
 
 use crate::adjacency::Adjacency;
 use crate::hot::{HotTable, HotView};
+use crate::id_index::{IdHash, IdIndex};
 use crate::node_key::NodeKey;
-use crate::prefetch::{Intent, prefetch};
+use crate::prefetch::{Intent, prefetch, prefetch_tail};
 use crate::schema::{NodeType, Relation, edges_of};
 
 /// Shards per node type.
 pub const SHARDS: usize = 64;
-const SHARD_BITS: u32 = 6;
+pub(crate) const SHARD_BITS: u32 = 6;
 
 /// Event times are stored on edges as seconds since this instant
 /// (2020-01-01T00:00:00Z), in a `u32`: good until 2156.
@@ -521,6 +521,19 @@ impl<'a> Entities<'a> {
     }
 }
 
+/// Calls `f` once for each distinct entity of `txn` (type and id).
+fn for_each_entity(txn: &Transaction, mut f: impl FnMut(NodeType, &str)) {
+    let mut entities = Entities::default();
+    for (relation, src_key, dst_key) in edges_of(txn) {
+        let (src_t, dst_t) = relation.endpoints();
+        entities.mention(src_t, src_key, 0);
+        entities.mention(dst_t, dst_key, 0);
+    }
+    for e in entities.iter_mut() {
+        f(e.t, e.key);
+    }
+}
+
 /// An edge a full list dropped, still to be removed at its other end: `node` (of type `t`)
 /// holds it at `port`, to `nbr`, last seen at `last_s`.
 #[derive(Clone, Copy)]
@@ -560,83 +573,6 @@ pub struct Graph {
     /// publishes to it under the node's shard write lock.
     pub(crate) hot: [HotTable; 5],
     pub(crate) dedupe: Mutex<Dedupe>,
-}
-
-/// The hash of a node id: its top bits pick the shard, its low 32 (the *tag*) place it
-/// in the shard's index, which stores the tag with the slot so that growing the index,
-/// and most mismatches, need not read the node.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IdHash(u64);
-
-impl IdHash {
-    /// The hash of `key`.
-    pub(crate) fn of(key: &str) -> IdHash {
-        IdHash(std::hash::BuildHasher::hash_one(&FxBuildHasher, key))
-    }
-
-    /// The shard the id lives in.
-    pub(crate) fn shard(self) -> usize {
-        // The top bits of the multiplied hash: well spread, and independent of the tag.
-        (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_BITS)) as usize
-    }
-
-    /// The 32 bits the index stores.
-    pub(crate) fn tag(self) -> u32 {
-        self.0 as u32
-    }
-
-    /// The index's hash of the id.
-    pub(crate) fn table(self) -> u64 {
-        Self::table_of(self.tag())
-    }
-
-    /// The index's hash of an id with `tag`: the tag spread over 64 bits (the table
-    /// takes its bucket from the low bits and its control byte from the top ones).
-    fn table_of(tag: u32) -> u64 {
-        u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(tag)
-    }
-}
-
-/// A shard's index: every live node as (slot, [`IdHash::tag`]), found by the [`IdHash`] of
-/// its id and confirmed against the node's own key. The id is stored once, in the node; an
-/// entry is 8 bytes, and growing the table rehashes from the entries alone.
-#[derive(Default)]
-pub(crate) struct IdIndex(HashTable<(u32, u32)>);
-
-impl IdIndex {
-    /// An empty index with room for `n` nodes.
-    pub(crate) fn with_capacity(n: usize) -> IdIndex {
-        IdIndex(HashTable::with_capacity(n))
-    }
-
-    /// The slot of the node of `nodes` whose id is `key` (with hash `h`).
-    pub(crate) fn find(&self, nodes: &[Node], h: IdHash, key: &str) -> Option<u32> {
-        self.0
-            .find(h.table(), |&(slot, tag)| {
-                tag == h.tag() && nodes[slot as usize].key == *key
-            })
-            .map(|&(slot, _)| slot)
-    }
-
-    /// Adds the node at `slot`, whose id has hash `h` and is not in the index.
-    pub(crate) fn insert(&mut self, h: IdHash, slot: u32) {
-        self.0
-            .insert_unique(h.table(), (slot, h.tag()), |&(_, tag)| {
-                IdHash::table_of(tag)
-            });
-    }
-
-    /// Removes the node at `slot`, whose id has hash `h`.
-    pub(crate) fn remove(&mut self, h: IdHash, slot: u32) {
-        if let Ok(entry) = self.0.find_entry(h.table(), |&(s, _)| s == slot) {
-            entry.remove();
-        }
-    }
-
-    /// Bytes of its table: an entry and a control byte per bucket.
-    pub(crate) fn bytes(&self) -> usize {
-        self.0.capacity() * (std::mem::size_of::<(u32, u32)>() + 1)
-    }
 }
 
 fn hash_str(s: &str, salt: u64) -> u64 {
@@ -938,6 +874,42 @@ impl Graph {
             node.ports.remove(port, i);
             node.ports.shrink_if_slack();
             self.hot[t.index()].publish(at, node);
+        }
+    }
+
+    /// Starts loading what applying the next two transactions of a stream will read first,
+    /// so that those misses overlap with applying the current one: call it just before
+    /// applying a transaction, with the transactions that will be applied after it, in
+    /// order (only the first two are read; fewer are fine).
+    ///
+    /// Interning an entity on a graph beyond the caches is otherwise three misses in a row
+    /// (the index's line, the entry's, the node the id is confirmed against), and each
+    /// entity's come after the previous one's, as each is interned under its own shard
+    /// lock. So for the transaction after next this asks for the index lines where its
+    /// entities' ids will be searched, and for the next one (whose index lines the previous
+    /// call asked for) it finds the entities' likely slots, by tag alone, and asks for their
+    /// nodes. A hint: it changes nothing in the graph, and a wrong guess costs a wasted load.
+    pub fn prefetch_upcoming<'t>(&self, upcoming: impl IntoIterator<Item = &'t Transaction>) {
+        let mut upcoming = upcoming.into_iter();
+        if let Some(next) = upcoming.next() {
+            for_each_entity(next, |t, key| {
+                let h = IdHash::of(key);
+                let guard = self.shards[t.index()][h.shard()].read();
+                if let Some(node) = guard
+                    .index
+                    .likely(h)
+                    .and_then(|s| guard.nodes.get(s as usize))
+                {
+                    prefetch_tail(std::slice::from_ref(node), 1, Intent::Write);
+                }
+            });
+        }
+        if let Some(after_next) = upcoming.next() {
+            for_each_entity(after_next, |t, key| {
+                let h = IdHash::of(key);
+                let guard = self.shards[t.index()][h.shard()].read();
+                guard.index.prefetch(h, Intent::Read);
+            });
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`adjacency`]: a node's edges, every relation side in one allocation.
 //! - [`node_key`]: a node's id, inside the node when short.
 //! - [`hot`]: a lock-free mirror of each node's first cache line, for samplers.
+//! - `id_index`: finding a node by its id, in a table the writer can prefetch.
 //! - [`features`]: the one definition of every raw feature, and its hash.
 //! - [`sample`]: the causal 3-hop sampler producing a [`sample::Subgraph`].
 //! - [`batch`]: collation of subgraphs into flat batch arrays.
@@ -17,6 +18,7 @@ pub mod batch;
 pub mod features;
 pub mod graph;
 pub mod hot;
+mod id_index;
 pub mod node_key;
 mod prefetch;
 pub mod sample;

@@ -28,9 +28,9 @@ use sha2::{Digest, Sha256};
 
 use crate::adjacency::Adjacency;
 use crate::graph::{
-    Aggregates, Dedupe, Edge, Graph, GraphConfig, IdHash, IdIndex, Node, NodeRef, SHARDS, SeqItem,
-    Shard,
+    Aggregates, Dedupe, Edge, Graph, GraphConfig, Node, NodeRef, SHARDS, SeqItem, Shard,
 };
+use crate::id_index::{IdHash, IdIndex};
 use crate::node_key::NodeKey;
 use crate::schema::NodeType;
 

@@ -779,8 +779,32 @@ struct Applier {
 }
 
 impl Applier {
+    /// Handles records in arrival order until the channel closes. Two records are read
+    /// ahead when the channel has them, so that applying one starts loading what the next
+    /// two transactions need ([`Graph::prefetch_upcoming`]); they are handled in order all
+    /// the same, and those read ahead are handled before the thread ends.
+    ///
+    /// [`Graph::prefetch_upcoming`]: fraudgraph_sampler::graph::Graph::prefetch_upcoming
     fn run(mut self) {
-        while let Ok(polled) = self.rx.recv() {
+        let mut ahead: VecDeque<Polled> = VecDeque::with_capacity(3);
+        loop {
+            if ahead.is_empty() {
+                match self.rx.recv() {
+                    Ok(polled) => ahead.push_back(polled),
+                    Err(_) => return,
+                }
+            }
+            while ahead.len() < 3 {
+                match self.rx.try_recv() {
+                    Ok(polled) => ahead.push_back(polled),
+                    Err(_) => break,
+                }
+            }
+            let polled = ahead.pop_front().expect("one record at least");
+            let upcoming = ahead
+                .iter()
+                .filter_map(|p| p.transaction.as_ref().and_then(|t| t.as_ref().ok()));
+            self.live.graph().prefetch_upcoming(upcoming);
             self.handle(polled);
         }
     }

@@ -12,6 +12,7 @@
 //!   share of answers, fallbacks, and Health/Check latency under that load.
 //!   The logic is in [`crate::loadgen`].
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -278,6 +279,38 @@ fn sample_latencies(
     (lat, nodes)
 }
 
+/// A stream of transactions read two ahead, so that applying one can start loading what
+/// the next two need ([`Graph::prefetch_upcoming`]), as the service's applier does.
+struct Ahead<I> {
+    stream: I,
+    window: VecDeque<Transaction>,
+}
+
+impl<I: Iterator<Item = Transaction>> Ahead<I> {
+    fn new(stream: I) -> Self {
+        Ahead {
+            stream,
+            window: VecDeque::with_capacity(3),
+        }
+    }
+
+    /// The next transaction.
+    fn next(&mut self) -> Option<Transaction> {
+        while self.window.len() < 3 {
+            match self.stream.next() {
+                Some(t) => self.window.push_back(t),
+                None => break,
+            }
+        }
+        self.window.pop_front()
+    }
+
+    /// The transactions after the one [`Ahead::next`] returned last, in order.
+    fn upcoming(&self) -> impl Iterator<Item = &Transaction> {
+        self.window.iter()
+    }
+}
+
 fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     let config = SamplerConfig {
         fanouts: [b.fanouts[0], b.fanouts[1], b.fanouts[2]],
@@ -316,7 +349,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     //    Every `past_step`-th transaction is kept for step 3.
     let past_step = (split / b.samples.max(1)).max(1);
     let graph = Graph::new(GraphConfig::default());
-    let mut stream = sim.transactions();
+    let mut stream = Ahead::new(sim.transactions());
     let mut apply_time = Duration::ZERO;
     let mut live = Vec::with_capacity(b.samples);
     let mut live_nodes = Vec::with_capacity(b.samples);
@@ -333,6 +366,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
             live_nodes.push(sub.node_count() as f64);
         }
         let start = Instant::now();
+        graph.prefetch_upcoming(stream.upcoming());
         graph.apply(&t);
         apply_time += start.elapsed();
         if i.is_multiple_of(65_536) {
@@ -353,11 +387,14 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
             scope.spawn(move || {
                 let start = Instant::now();
                 let mut applied = 0usize;
-                for (i, t) in (split..).zip(stream) {
+                let mut stream = stream;
+                for i in split.. {
+                    let Some(t) = stream.next() else { break };
                     if handover.is_empty() {
                         // The sampler is free: the next one is this.
                         let _ = handover.try_send(t.clone());
                     }
+                    graph.prefetch_upcoming(stream.upcoming());
                     graph.apply(&t);
                     applied += 1;
                     if i.is_multiple_of(65_536) {
