@@ -10,7 +10,7 @@
 use std::ops::Index;
 
 use crate::graph::{Edge, MAX_PORTS};
-use crate::prefetch::{Intent, prefetch_tail};
+use crate::prefetch::{Intent, prefetch_head, prefetch_tail};
 
 /// The edges of every port of a node, in port order; see the module docs.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -93,6 +93,13 @@ impl Adjacency {
             }
             start = end;
         }
+    }
+
+    /// Starts loading up to `count` edges from the start of `port` on (into the ports
+    /// after it): what removing one of its oldest edges reads (the walk from the oldest
+    /// end) and moves (every edge after it, in this one allocation).
+    pub(crate) fn prefetch_from(&self, port: usize, count: usize, intent: Intent) {
+        prefetch_head(&self.edges[self.start(port)..], count, intent);
     }
 
     /// Every port's edges, in port order.

@@ -4,7 +4,7 @@
 //! A hint never faults and never changes a result: an address that is stale or not mapped
 //! is simply not loaded. On targets other than x86-64 the hints do nothing.
 
-/// Cache line size assumed by [`prefetch_tail`].
+/// Cache line size assumed by [`prefetch_tail`] and [`prefetch_head`].
 const LINE: usize = 64;
 
 /// What the code will do with a prefetched line.
@@ -40,13 +40,24 @@ pub(crate) fn prefetch<T>(p: *const T, intent: Intent) {
 /// ordered by time keep their newest entries last).
 #[inline]
 pub(crate) fn prefetch_tail<T>(items: &[T], count: usize, intent: Intent) {
-    let tail = &items[items.len() - items.len().min(count)..];
-    let bytes = std::mem::size_of_val(tail);
+    prefetch_all(&items[items.len() - items.len().min(count)..], intent);
+}
+
+/// Asks for the cache lines of the first `items.len().min(count)` items of `items`.
+#[inline]
+pub(crate) fn prefetch_head<T>(items: &[T], count: usize, intent: Intent) {
+    prefetch_all(&items[..items.len().min(count)], intent);
+}
+
+/// Asks for every cache line `items` touches.
+#[inline]
+fn prefetch_all<T>(items: &[T], intent: Intent) {
+    let bytes = std::mem::size_of_val(items);
     if bytes == 0 {
         return;
     }
-    let start = tail.as_ptr().cast::<u8>();
-    // The first and last lines the tail touches, as offsets from `start`'s line.
+    let start = items.as_ptr().cast::<u8>();
+    // The first and last lines the items touch, as offsets from `start`'s line.
     let misalign = start as usize % LINE;
     for line in 0..=(misalign + bytes - 1) / LINE {
         // `wrapping_offset` keeps this free of pointer-arithmetic preconditions (the first
@@ -66,8 +77,10 @@ mod tests {
         for count in [0, 1, 7, 100, 1000] {
             prefetch_tail(&v, count, Intent::Read);
             prefetch_tail(&v[3..], count, Intent::Write);
+            prefetch_head(&v[5..], count, Intent::Write);
         }
         prefetch_tail::<u64>(&[], 5, Intent::Read);
+        prefetch_head::<u64>(&[], 5, Intent::Read);
         prefetch(std::ptr::null::<u8>(), Intent::Read);
         prefetch(usize::MAX as *const u8, Intent::Write);
         assert_eq!(v.iter().sum::<u64>(), 4950, "hints change nothing");
