@@ -899,10 +899,10 @@ impl Graph {
     /// applying a transaction, with the transactions that will be applied after it, in
     /// order (only the first two are read; fewer are fine).
     ///
-    /// Interning an entity on a graph beyond the caches is otherwise three misses in a row
-    /// (the index's line, the entry's, the node the id is confirmed against), and each
-    /// entity's come after the previous one's, as each is interned under its own shard
-    /// lock. So for the transaction after next this asks for the index lines where its
+    /// Interning an entity on a graph beyond the caches is otherwise two misses in a row
+    /// (the index's line, then the node the id is confirmed against), and each entity's
+    /// come after the previous one's, as each is interned under its own shard lock (whose
+    /// atomic is a fence). So for the transaction after next this asks for the index lines where its
     /// entities' ids will be searched, and for the next one (whose index lines the previous
     /// call asked for) it finds the entities' likely slots, by tag alone, and asks for their
     /// nodes. A hint: it changes nothing in the graph, and a wrong guess costs a wasted load.

@@ -5,8 +5,8 @@
 //! one property a library table does not offer: the address where an id's search starts is
 //! known from its hash alone, so the writer can ask for that line a few transactions before
 //! it interns the id ([`IdIndex::prefetch`], used by [`crate::graph::Graph::prefetch_apply`]).
-//! On a graph beyond the caches, interning an entity is otherwise three dependent misses
-//! (the index's line, then the node whose id confirms the match), each entity's after the
+//! On a graph beyond the caches, interning an entity is otherwise dependent misses (the
+//! index's line, then the node whose id confirms the match), each entity's after the
 //! previous one's, because every entity is interned under its own shard lock.
 
 use rustc_hash::FxBuildHasher;
