@@ -8,7 +8,7 @@
 //! plain loads, and a sampler can prefetch the records of all the neighbours a frontier has
 //! chosen before it reads them, so their misses overlap.
 //!
-//! How: one [`HotNode`] per node slot, 64 bytes of atomics, in per-type tables whose
+//! How: one `HotNode` per node slot, 64 bytes of atomics, in per-type tables whose
 //! segments never move once allocated (segment `s` holds `64·2^s` records, so the table
 //! grows with the graph without copying). The writer already holds the node's shard write
 //! lock when it changes a node, so there is one writer per record at a time; it publishes

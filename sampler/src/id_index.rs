@@ -4,7 +4,7 @@
 //! The index is an open-addressing table of 8-byte entries with linear probing, written for
 //! one property a library table does not offer: the address where an id's search starts is
 //! known from its hash alone, so the writer can ask for that line a few transactions before
-//! it interns the id ([`IdIndex::prefetch`], used by [`crate::graph::Graph::prefetch_apply`]).
+//! it interns the id ([`IdIndex::prefetch`], used by [`crate::graph::Graph::prefetch_upcoming`]).
 //! On a graph beyond the caches, interning an entity is otherwise dependent misses (the
 //! index's line, then the node whose id confirms the match), each entity's after the
 //! previous one's, because every entity is interned under its own shard lock.
