@@ -516,6 +516,10 @@ impl<'a> Entities<'a> {
         self.found[..self.len].iter_mut().flatten()
     }
 
+    fn iter(&self) -> impl Iterator<Item = &Entity<'a>> + '_ {
+        self.found[..self.len].iter().flatten()
+    }
+
     fn get(&self, i: usize) -> Entity<'a> {
         self.found[i].expect("mentioned")
     }
@@ -525,17 +529,21 @@ impl<'a> Entities<'a> {
 /// removing an edge a full list dropped: 32 edges of 28 bytes, 14-15 cache lines.
 const COLD_LIST_PREFETCH_EDGES: usize = 32;
 
-/// Calls `f` once for each distinct entity of `txn` (type and id).
-fn for_each_entity(txn: &Transaction, mut f: impl FnMut(NodeType, &str)) {
+/// The edges of a transaction, each as (relation, source, destination), the endpoints
+/// indices into its [`Entities`].
+type TxnEdges = [Option<(Relation, usize, usize)>; 7];
+
+/// A transaction's distinct entities, each with the ports it touches there, and its edges.
+fn entities_of(txn: &Transaction) -> (Entities<'_>, TxnEdges) {
     let mut entities = Entities::default();
-    for (relation, src_key, dst_key) in edges_of(txn) {
+    let mut edges = [None; 7];
+    for (slot, (relation, src_key, dst_key)) in edges.iter_mut().zip(edges_of(txn)) {
         let (src_t, dst_t) = relation.endpoints();
-        entities.mention(src_t, src_key, 0);
-        entities.mention(dst_t, dst_key, 0);
+        let src = entities.mention(src_t, src_key, port_of(src_t, relation, Side::Out));
+        let dst = entities.mention(dst_t, dst_key, port_of(dst_t, relation, Side::In));
+        *slot = Some((relation, src, dst));
     }
-    for e in entities.iter_mut() {
-        f(e.t, e.key);
-    }
+    (entities, edges)
 }
 
 /// An edge a full list dropped, still to be removed at its other end: `node` (of type `t`)
@@ -909,9 +917,9 @@ impl Graph {
     pub fn prefetch_upcoming<'t>(&self, upcoming: impl IntoIterator<Item = &'t Transaction>) {
         let mut upcoming = upcoming.into_iter();
         if let Some(next) = upcoming.next() {
-            for_each_entity(next, |t, key| {
-                let h = IdHash::of(key);
-                let guard = self.shards[t.index()][h.shard()].read();
+            for e in entities_of(next).0.iter() {
+                let h = IdHash::of(e.key);
+                let guard = self.shards[e.t.index()][h.shard()].read();
                 if let Some(node) = guard
                     .index
                     .likely(h)
@@ -919,14 +927,14 @@ impl Graph {
                 {
                     prefetch_tail(std::slice::from_ref(node), 1, Intent::Write);
                 }
-            });
+            }
         }
         if let Some(after_next) = upcoming.next() {
-            for_each_entity(after_next, |t, key| {
-                let h = IdHash::of(key);
-                let guard = self.shards[t.index()][h.shard()].read();
+            for e in entities_of(after_next).0.iter() {
+                let h = IdHash::of(e.key);
+                let guard = self.shards[e.t.index()][h.shard()].read();
                 guard.index.prefetch(h, Intent::Read);
-            });
+            }
         }
     }
 
@@ -991,14 +999,7 @@ impl Graph {
         // whose `agg.l_ms` is already at least e, which lets samplers skip per-edge checks
         // on nodes that have not changed since the target's time. Edges that full lists
         // drop are removed at their other (cold) end last, after a prefetch.
-        let mut entities = Entities::default();
-        let mut edges = [None; 7];
-        for (slot, (relation, src_key, dst_key)) in edges.iter_mut().zip(edges_of(txn)) {
-            let (src_t, dst_t) = relation.endpoints();
-            let src = entities.mention(src_t, src_key, port_of(src_t, relation, Side::Out));
-            let dst = entities.mention(dst_t, dst_key, port_of(dst_t, relation, Side::In));
-            *slot = Some((relation, src, dst));
-        }
+        let (mut entities, edges) = entities_of(txn);
         for (i, e) in entities.iter_mut().enumerate() {
             // The payer (the first entity mentioned) keeps the sequence.
             e.at = self.intern_and_add(e.t, e.key, t, amount, e.ports, i == 0);

@@ -29,7 +29,7 @@ impl IdHash {
     /// The shard the id lives in.
     pub(crate) fn shard(self) -> usize {
         // The top bits of the multiplied hash: well spread, and independent of the tag.
-        (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_BITS)) as usize
+        (self.0.wrapping_mul(SPREAD) >> (64 - SHARD_BITS)) as usize
     }
 
     /// The 32 bits the index stores.
@@ -43,8 +43,15 @@ type Entry = u64;
 
 const EMPTY: Entry = 0;
 
-/// Entries per 64-byte cache line.
-const PER_LINE: usize = 64 / std::mem::size_of::<Entry>();
+/// Cache line size assumed by [`IdIndex::prefetch`].
+const LINE: usize = 64;
+
+/// Entries past its home that a search is likely to read: [`IdIndex::prefetch`] also asks
+/// for the line holding the last of them when it is another one.
+const LIKELY_RUN: usize = 2;
+
+/// Multiplier that spreads a hash's bits into the top ones (2^64 over the golden ratio).
+const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The smallest table allocated (the first insert allocates it).
 const MIN_CAPACITY: usize = 8;
@@ -86,7 +93,7 @@ impl IdIndex {
     fn home(&self, tag: u32) -> usize {
         let bits = self.entries.len().trailing_zeros();
         // The tag's multiplied top bits, so neighbouring tags spread out.
-        ((u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> (64 - bits)) as usize
+        (u64::from(tag).wrapping_mul(SPREAD) >> (64 - bits)) as usize
     }
 
     fn mask(&self) -> usize {
@@ -138,10 +145,13 @@ impl IdIndex {
         }
         let at = self.home(h.tag());
         let base = self.entries.as_ptr();
-        // `wrapping_add`: no pointer-arithmetic precondition to meet for a hint.
-        prefetch(base.wrapping_add(at), intent);
-        if at % PER_LINE >= PER_LINE - 2 {
-            prefetch(base.wrapping_add((at + PER_LINE) & self.mask()), intent);
+        // `wrapping_add`: no pointer-arithmetic precondition to meet for a hint. The table
+        // need not start on a line boundary, so compare addresses, not positions.
+        let first = base.wrapping_add(at);
+        let soon = base.wrapping_add((at + LIKELY_RUN) & self.mask());
+        prefetch(first, intent);
+        if soon as usize / LINE != first as usize / LINE {
+            prefetch(soon, intent);
         }
     }
 
