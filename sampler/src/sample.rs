@@ -12,6 +12,7 @@
 //! are skipped, edge statistics have later updates taken out, node aggregates
 //! come from a state that predates it (see [`crate::graph`]).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
@@ -112,6 +113,49 @@ pub struct Subgraph {
 }
 
 impl Subgraph {
+    /// An empty subgraph with its arrays sized for a typical 20/10/5 sample at the head of
+    /// a stream of `graph`, so that sampling does not grow them row by row.
+    pub fn sized_for(graph: &Graph) -> Subgraph {
+        Subgraph {
+            txn_id: String::new(),
+            t_ms: 0,
+            nodes: std::array::from_fn(|_| Vec::with_capacity(EXPECTED_ROWS)),
+            node_features: NodeType::ALL
+                .map(|t| Vec::with_capacity(EXPECTED_ROWS * features::node_width(t))),
+            edge_index: std::array::from_fn(|_| Vec::with_capacity(EXPECTED_EDGES)),
+            edge_features: std::array::from_fn(|_| {
+                Vec::with_capacity(EXPECTED_EDGES * features::EDGE_FEATURES.len())
+            }),
+            target_account: 0,
+            own_rows: [None; 5],
+            counterparty_row: None,
+            txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
+            sequence: Vec::with_capacity(
+                graph.config().sequence_len * features::SEQ_FEATURES.len(),
+            ),
+            sequence_len: 0,
+            hops: 0,
+        }
+    }
+
+    /// Empties it for the sample of `txn_id` at `t_ms`, keeping its arrays' memory.
+    fn reset(&mut self, txn_id: &str, t_ms: i64) {
+        self.txn_id.clear();
+        self.txn_id.push_str(txn_id);
+        self.t_ms = t_ms;
+        self.nodes.iter_mut().for_each(Vec::clear);
+        self.node_features.iter_mut().for_each(Vec::clear);
+        self.edge_index.iter_mut().for_each(Vec::clear);
+        self.edge_features.iter_mut().for_each(Vec::clear);
+        self.target_account = 0;
+        self.own_rows = [None; 5];
+        self.counterparty_row = None;
+        self.txn_features.clear();
+        self.sequence.clear();
+        self.sequence_len = 0;
+        self.hops = 0;
+    }
+
     /// Nodes of every type.
     pub fn node_count(&self) -> usize {
         self.nodes.iter().map(Vec::len).sum()
@@ -141,11 +185,8 @@ fn ref_key(t: NodeType, node: NodeRef) -> u64 {
     ((t.index() as u64) << 32) | u64::from(node.0)
 }
 
-struct Builder<'g> {
-    graph: &'g Graph,
-    t_ms: i64,
-    t_s: u32,
-    sub: Subgraph,
+/// Where the rows and edges of the subgraph being built are, by node and by edge.
+struct Rows {
     /// Rows of entities the graph knows, by [`ref_key`] (no string hashing).
     by_ref: FxHashMap<u64, u32>,
     /// Rows of the target's entities the graph has not seen, by id.
@@ -153,19 +194,107 @@ struct Builder<'g> {
     edges: FxHashSet<(Relation, u32, u32)>,
 }
 
-impl Builder<'_> {
+/// A frontier entry: a known node, its type and its row.
+type Reached = (NodeType, NodeRef, u32);
+
+/// The sampler's working memory, kept by each thread from one sample to the next
+/// ([`SCRATCH`]) and emptied at the start of each.
+///
+/// Why: created afresh for every sample, these maps and buffers (and the subgraph's own
+/// arrays, see [`sample_into`]) were new allocations each time; on a thread that also
+/// applies the stream (training's replay, `bench sampler`) the graph's growth takes the
+/// memory they freed between two samples, so the next sample's came from pages the
+/// process had not touched yet, and the page faults on them were as long as the rest of
+/// the sample (docs/BENCHMARKS.md, "The sampler's own page faults").
+struct Scratch {
+    rows: Rows,
+    /// The transaction's own known entities, expanded at hop 2.
+    own: Vec<Reached>,
+    /// The nodes a hop expands, and those first reached by it (they take turns).
+    frontier: Vec<Reached>,
+    next: Vec<Reached>,
+    /// One node's candidate neighbours.
+    candidates: Vec<Candidate>,
+    choose: ChooseScratch,
+    /// The neighbours every frontier node chose, one after the other, and where each
+    /// node's end.
+    chosen: Vec<Candidate>,
+    chosen_ends: Vec<usize>,
+}
+
+impl Scratch {
+    /// Sized for a typical 20/10/5 subgraph at the head of a stream (~300 nodes, ~600
+    /// edges), so that growing them does not rehash or reallocate during a sample.
+    fn new() -> Self {
+        Scratch {
+            rows: Rows {
+                by_ref: FxHashMap::with_capacity_and_hasher(EXPECTED_NODES, Default::default()),
+                by_key: FxHashMap::default(),
+                edges: FxHashSet::with_capacity_and_hasher(2 * EXPECTED_NODES, Default::default()),
+            },
+            own: Vec::new(),
+            frontier: Vec::with_capacity(EXPECTED_NODES),
+            next: Vec::with_capacity(EXPECTED_NODES),
+            candidates: Vec::new(),
+            choose: ChooseScratch::default(),
+            chosen: Vec::with_capacity(EXPECTED_NODES),
+            chosen_ends: Vec::with_capacity(EXPECTED_NODES),
+        }
+    }
+
+    /// Empties it for the next sample; after an unusually large one (a fan-out of
+    /// thousands), starts over at the typical size so that a thread does not keep the
+    /// largest sample's memory.
+    fn reset(&mut self) {
+        if self.rows.by_ref.capacity() > SCRATCH_KEEP * EXPECTED_NODES
+            || self.rows.edges.capacity() > 2 * SCRATCH_KEEP * EXPECTED_NODES
+            || self.chosen.capacity() > SCRATCH_KEEP * EXPECTED_NODES
+            || self.candidates.capacity() > SCRATCH_KEEP * EXPECTED_NODES
+        {
+            *self = Scratch::new();
+            return;
+        }
+        self.rows.by_ref.clear();
+        self.rows.by_key.clear();
+        self.rows.edges.clear();
+        self.own.clear();
+        self.frontier.clear();
+        self.next.clear();
+        self.candidates.clear();
+        self.chosen.clear();
+        self.chosen_ends.clear();
+    }
+}
+
+/// How many times the typical size a thread's [`Scratch`] may grow to and be kept.
+const SCRATCH_KEEP: usize = 16;
+
+thread_local! {
+    /// Each sampling thread's [`Scratch`].
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
+}
+
+struct Builder<'g, 's> {
+    graph: &'g Graph,
+    t_ms: i64,
+    t_s: u32,
+    sub: &'s mut Subgraph,
+    rows: &'s mut Rows,
+}
+
+impl Builder<'_, '_> {
     /// The row of an entity, adding it (with its features) when new.
     fn row(&mut self, t: NodeType, key: &str, node: Option<NodeRef>, hop: u8) -> (u32, bool) {
         let known = match node {
-            Some(n) => self.by_ref.get(&ref_key(t, n)),
-            None => self.by_key.get(&(t, key.into())),
+            Some(n) => self.rows.by_ref.get(&ref_key(t, n)),
+            None => self.rows.by_key.get(&(t, key.into())),
         };
         if let Some(&r) = known {
             return (r, false);
         }
         let r = self.add(t, node, hop, Some(key));
         if let Some(n) = node {
-            self.by_ref.insert(ref_key(t, n), r);
+            self.rows.by_ref.insert(ref_key(t, n), r);
         }
         (r, true)
     }
@@ -174,7 +303,7 @@ impl Builder<'_> {
     fn row_of(&mut self, t: NodeType, node: NodeRef, hop: u8) -> (u32, bool) {
         // One hash and one probe: the row is claimed before the node is added.
         let row = self.sub.nodes[t.index()].len() as u32;
-        match self.by_ref.entry(ref_key(t, node)) {
+        match self.rows.by_ref.entry(ref_key(t, node)) {
             Entry::Occupied(known) => return (*known.get(), false),
             Entry::Vacant(slot) => slot.insert(row),
         };
@@ -226,7 +355,7 @@ impl Builder<'_> {
             None => {
                 features::new_node_features(t, out);
                 let key: Box<str> = key.expect("an unseen node is named by the caller").into();
-                self.by_key.insert((t, key.clone()), r);
+                self.rows.by_key.insert((t, key.clone()), r);
                 Some(key)
             }
         };
@@ -242,7 +371,7 @@ impl Builder<'_> {
         view: Option<&EdgeView>,
         target: bool,
     ) {
-        if !self.edges.insert((relation, src, dst)) {
+        if !self.rows.edges.insert((relation, src, dst)) {
             return;
         }
         self.sub.edge_index[relation.index()].push((src, dst));
@@ -282,37 +411,51 @@ const EXPECTED_EDGES: usize = 128;
 /// Samples the neighbourhood of `txn` as of its event time. The caller
 /// validates the transaction first.
 pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgraph {
+    let mut out = Subgraph::sized_for(graph);
+    sample_into(graph, txn, config, &mut out);
+    out
+}
+
+/// [`sample`] into `out`, replacing what it held and reusing its memory: for a caller
+/// that samples one transaction after another and is done with each subgraph before the
+/// next (training's replay, benchmarks), so that sampling allocates nothing once the
+/// arrays have grown to the largest subgraph seen.
+pub fn sample_into(graph: &Graph, txn: &Transaction, config: &SamplerConfig, out: &mut Subgraph) {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => sample_with(graph, txn, config, &mut scratch, out),
+        // Only if a sample were ever taken inside another on one thread.
+        Err(_) => sample_with(graph, txn, config, &mut Scratch::new(), out),
+    })
+}
+
+/// [`sample`] with the given working memory.
+fn sample_with(
+    graph: &Graph,
+    txn: &Transaction,
+    config: &SamplerConfig,
+    scratch: &mut Scratch,
+    out: &mut Subgraph,
+) {
+    scratch.reset();
+    out.reset(&txn.txn_id, txn.event_time_ms);
+    let Scratch {
+        rows,
+        own,
+        frontier,
+        next,
+        candidates,
+        choose: choose_scratch,
+        chosen,
+        chosen_ends,
+    } = scratch;
     let t_ms = txn.event_time_ms;
     let t_s = epoch_secs(t_ms);
     let mut b = Builder {
         graph,
         t_ms,
         t_s,
-        sub: Subgraph {
-            txn_id: txn.txn_id.clone(),
-            t_ms,
-            nodes: std::array::from_fn(|_| Vec::with_capacity(EXPECTED_ROWS)),
-            node_features: NodeType::ALL
-                .map(|t| Vec::with_capacity(EXPECTED_ROWS * features::node_width(t))),
-            edge_index: std::array::from_fn(|_| Vec::with_capacity(EXPECTED_EDGES)),
-            edge_features: std::array::from_fn(|_| {
-                Vec::with_capacity(EXPECTED_EDGES * features::EDGE_FEATURES.len())
-            }),
-            target_account: 0,
-            own_rows: [None; 5],
-            counterparty_row: None,
-            txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
-            sequence: Vec::with_capacity(
-                graph.config().sequence_len * features::SEQ_FEATURES.len(),
-            ),
-            sequence_len: 0,
-            hops: 0,
-        },
-        // Sized for a typical 20/10/5 subgraph at the head of a stream (~300 nodes, ~600
-        // edges), so that growing them does not rehash on every sample.
-        by_ref: FxHashMap::with_capacity_and_hasher(EXPECTED_NODES, Default::default()),
-        by_key: FxHashMap::default(),
-        edges: FxHashSet::with_capacity_and_hasher(2 * EXPECTED_NODES, Default::default()),
+        sub: out,
+        rows,
     };
     // Hop 0 is the account; the transaction's other entities (seen before t
     // or new) are at hop 1 with the account's own sampled neighbours. The
@@ -325,8 +468,7 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     let account = visible(NodeType::Account, &txn.account_id);
     let (account_row, _) = b.row(NodeType::Account, &txn.account_id, account, 0);
     b.sub.own_rows[NodeType::Account.index()] = Some(account_row);
-    // Known own entities, expanded at hop 2 like the account's neighbours.
-    let mut own = Vec::new();
+    // Known own entities (`own`) are expanded at hop 2 like the account's neighbours.
     for (relation, src_key, dst_key) in edges_of(txn) {
         let (st, dt) = relation.endpoints();
         let (sn, dn) = (visible(st, src_key), visible(dt, dst_key));
@@ -365,22 +507,13 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
     // Hops 1..=3: every node first reached at the hop before adds up to
     // `fanouts[hop - 1]` neighbours.
     let mut rng = SplitMix(config.seed ^ (txn_hash(&txn.txn_id) as u64));
-    let (mut candidates, mut scratch) = (Vec::new(), ChooseScratch::default());
-    // Two buffers that take turns as the frontier and the next hop's, sized for a
-    // typical subgraph so that they are not grown entry by entry.
-    let mut frontier: Vec<(NodeType, NodeRef, u32)> = Vec::with_capacity(EXPECTED_NODES);
-    let mut next: Vec<(NodeType, NodeRef, u32)> = Vec::with_capacity(EXPECTED_NODES);
-    // The neighbours every frontier node chose, one after the other, and where each node's
-    // end.
-    let mut chosen: Vec<Candidate> = Vec::with_capacity(EXPECTED_NODES);
-    let mut chosen_ends: Vec<usize> = Vec::with_capacity(EXPECTED_NODES);
     frontier.extend(account.map(|a| (NodeType::Account, a, account_row)));
     let most_recent = config.strategy == Strategy::MostRecent;
     for (hop, &fanout) in config.fanouts.iter().enumerate() {
         let hop = hop as u8 + 1;
         next.clear();
         if hop == 1 {
-            next.append(&mut own);
+            next.append(own);
         }
         chosen.clear();
         chosen_ends.clear();
@@ -409,34 +542,34 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
                 // and chosen among.
                 let merged = most_recent
                     && node.quiet_since(t_s)
-                    && newest_of_quiet(node, t, fanout, &mut candidates);
+                    && newest_of_quiet(node, t, fanout, candidates);
                 if !merged {
-                    visible_edges(node, t, t_s, most_recent.then_some(fanout), &mut candidates);
+                    visible_edges(node, t, t_s, most_recent.then_some(fanout), candidates);
                 }
                 merged
             });
             if !merged {
                 choose(
-                    &mut candidates,
+                    candidates,
                     fanout,
                     config.strategy,
                     &mut rng,
-                    &mut scratch,
+                    choose_scratch,
                 );
             }
             // Start loading every chosen neighbour's first line now, and read none of them
             // before the whole frontier has chosen: the misses of all its neighbours
             // overlap instead of a node's few at a time.
-            for &(relation, side, view) in &candidates {
+            for &(relation, side, view) in candidates.iter() {
                 let (st, dt) = relation.endpoints();
                 graph.touch(if side == Side::Out { dt } else { st }, view.nbr);
             }
-            chosen.extend_from_slice(&candidates);
+            chosen.extend_from_slice(candidates);
             chosen_ends.push(chosen.len());
         }
         // Then the rows and edges, frontier node by frontier node, in the order chosen.
         let mut from = 0;
-        for (&(_, _, src_row), &to) in frontier.iter().zip(&chosen_ends) {
+        for (&(_, _, src_row), &to) in frontier.iter().zip(chosen_ends.iter()) {
             for &(relation, side, view) in &chosen[from..to] {
                 let (st, dt) = relation.endpoints();
                 let nbr_t = if side == Side::Out { dt } else { st };
@@ -454,11 +587,10 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
             }
             from = to;
         }
-        std::mem::swap(&mut frontier, &mut next);
+        std::mem::swap(frontier, next);
     }
 
     transaction_features(&mut b, txn, account);
-    b.sub
 }
 
 /// How many edges at the front of `list` (ordered by last sighting) were last
@@ -676,7 +808,7 @@ fn choose(
     }
 }
 
-fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<NodeRef>) {
+fn transaction_features(b: &mut Builder<'_, '_>, txn: &Transaction, account: Option<NodeRef>) {
     let t_ms = b.t_ms;
     let offset = txn.client_utc_offset_minutes;
     let local_ms = t_ms + i64::from(offset.unwrap_or(0)) * 60_000;
@@ -787,6 +919,32 @@ fn transaction_features(b: &mut Builder<'_>, txn: &Transaction, account: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_scratch_gives_back_what_an_unusually_large_sample_grew() {
+        let mut scratch = Scratch::new();
+        scratch.chosen.reserve(2 * SCRATCH_KEEP * EXPECTED_NODES);
+        scratch.rows.by_ref.insert(1, 1);
+        scratch.reset();
+        assert!(scratch.chosen.capacity() <= SCRATCH_KEEP * EXPECTED_NODES);
+        assert!(scratch.rows.by_ref.is_empty());
+        // A typical one keeps its memory for the next sample.
+        scratch.chosen.reserve(EXPECTED_NODES);
+        let kept = scratch.chosen.capacity();
+        let view = EdgeView {
+            nbr: NodeRef(0),
+            first_s: 0,
+            last_s: 0,
+            count: 1,
+            amount: 1.0,
+        };
+        scratch
+            .chosen
+            .push((Relation::AccountDevice, Side::Out, view));
+        scratch.reset();
+        assert!(scratch.chosen.is_empty());
+        assert_eq!(scratch.chosen.capacity(), kept);
+    }
 
     #[test]
     fn most_recent_keeps_the_newest_in_their_canonical_order() {

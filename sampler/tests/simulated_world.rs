@@ -5,7 +5,7 @@ use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::batch::{Batch, NO_ROW};
 use fraudgraph_sampler::features::{self, SEQ_FEATURES};
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
-use fraudgraph_sampler::sample::{SamplerConfig, Subgraph, sample};
+use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph, sample, sample_into};
 use fraudgraph_sampler::{NodeType, Relation};
 use fraudgraph_simulator::{SimConfig, Simulation};
 
@@ -175,4 +175,39 @@ fn looking_ahead_while_applying_changes_nothing() {
     assert_eq!(plain.stats(), ahead.stats());
     assert!(plain.stats().edges > 5_000);
     assert!(plain.snapshot_bytes(&Default::default()) == ahead.snapshot_bytes(&Default::default()));
+}
+
+/// Sampling into one reused subgraph, on a thread whose working memory has served every
+/// sample before, gives what a fresh subgraph sampled on a fresh thread gives: nothing of
+/// an earlier sample (another transaction, fan-out or strategy) leaks into the next.
+#[test]
+fn reused_subgraphs_and_scratch_sample_what_fresh_ones_do() {
+    let sim = simulation();
+    let g = Graph::new(GraphConfig::default());
+    let configs = [
+        SamplerConfig::default(),
+        SamplerConfig {
+            fanouts: [60, 20, 8],
+            ..SamplerConfig::default()
+        },
+        SamplerConfig {
+            fanouts: [3, 2, 1],
+            strategy: Strategy::Weighted,
+            seed: 9,
+        },
+    ];
+    let mut reused = Subgraph::sized_for(&g);
+    let mut compared = 0;
+    for (i, t) in sim.transactions().enumerate() {
+        if i % 250 == 249 {
+            let config = &configs[(i / 250) % configs.len()];
+            sample_into(&g, &t, config, &mut reused);
+            let fresh = std::thread::scope(|s| s.spawn(|| sample(&g, &t, config)).join())
+                .expect("sampling does not panic");
+            assert_eq!(reused, fresh, "transaction {i}");
+            compared += usize::from(reused.node_count() > 50);
+        }
+        g.apply(&t);
+    }
+    assert!(compared > 20, "{compared} large subgraphs compared");
 }

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::graph::{Graph, GraphConfig};
-use fraudgraph_sampler::sample::{SamplerConfig, Strategy, sample};
+use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph, sample_into};
 use fraudgraph_simulator::{SimConfig, Simulation};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -268,9 +268,10 @@ fn sample_latencies(
 ) -> (Vec<f64>, Vec<f64>) {
     let mut lat = Vec::with_capacity(targets.len());
     let mut nodes = Vec::with_capacity(targets.len());
+    let mut sub = Subgraph::sized_for(graph);
     for t in targets {
         let start = Instant::now();
-        let sub = sample(graph, t, config);
+        sample_into(graph, t, config, &mut sub);
         lat.push(start.elapsed().as_secs_f64() * 1e6);
         nodes.push(sub.node_count() as f64);
     }
@@ -354,6 +355,10 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     let mut live = Vec::with_capacity(b.samples);
     let mut live_nodes = Vec::with_capacity(b.samples);
     let mut past_targets = Vec::with_capacity(b.samples + 1);
+    // One subgraph reused from sample to sample, as a sampler thread's memory is reused
+    // once it has served a few requests: new allocations on this thread would land on
+    // pages the writer's growth has just added, and their page faults are not sampling.
+    let mut sub = Subgraph::sized_for(&graph);
     for i in 0..split {
         let t = stream.next().context("the simulation ended early")?;
         if i.is_multiple_of(past_step) {
@@ -361,7 +366,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         }
         if i >= live_from && (i - live_from).is_multiple_of(live_step) && live.len() < b.samples {
             let start = Instant::now();
-            let sub = sample(&graph, &t, &config);
+            sample_into(&graph, &t, &config, &mut sub);
             live.push(start.elapsed().as_secs_f64() * 1e6);
             live_nodes.push(sub.node_count() as f64);
         }
@@ -405,9 +410,10 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
             })
         };
         let mut busy = Vec::new();
+        let mut sub = Subgraph::sized_for(graph);
         for t in arrivals.iter() {
             let start = Instant::now();
-            let _sub = sample(graph, &t, &config);
+            sample_into(graph, &t, &config, &mut sub);
             busy.push(start.elapsed().as_secs_f64() * 1e6);
         }
         let rate = writer.join().expect("the writer thread does not panic");
