@@ -1,11 +1,15 @@
 //! The host's memory settings that matter to fraudgraph: transparent huge pages.
 //!
 //! With the graph's memory on 2 MiB pages (the kernel's THP setting `always`, or glibc
-//! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` or `=2`), ingest and median
-//! sampling were faster, but on a 10M-edge graph one sample in ~50 stalled for 5–7 ms
-//! (docs/BENCHMARKS.md, "Transparent huge pages and mimalloc"). `serve` logs and
-//! `doctor` prints [`huge_page_warning`] when the host is set up that way; neither
-//! refuses to run, since a small graph does not suffer and the setting is the operator's.
+//! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` or `=2`), the first touch of each
+//! fresh 2 MiB page is one page fault that takes milliseconds on a VM whose host backs the
+//! guest's memory lazily (5-28 ms on the project's VMs). While samples allocated new memory,
+//! one in ~50 took such a fault at 10M edges; since the sampler reuses its memory they do
+//! not, and huge pages then made no measurable difference to sampling (docs/BENCHMARKS.md,
+//! "The sampler's own page faults"), while the writer still takes such faults as the graph
+//! grows, possibly while holding a shard lock. `serve` logs and `doctor` prints
+//! [`huge_page_warning`] when the host is set up that way; neither refuses to run, since the
+//! setting is the operator's.
 
 /// Where Linux says which transparent-huge-page mode is in force.
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -73,9 +77,9 @@ pub fn huge_page_warning(thp: Option<&str>, glibc_hugetlb: Option<&str>) -> Opti
         _ => return None,
     };
     Some(format!(
-        "{cause}: on large graphs huge pages stalled sampling for 5-7 ms once every ~50,000 \
-         transactions (sampling p99 ~5 ms instead of ~0.7 ms at 10M edges); {remedy} \
-         (docs/OPERATIONS.md)"
+        "{cause}: huge pages gave sampling no measurable gain, and each fresh 2 MiB page the \
+         graph grows into costs a page fault of milliseconds on a lazily backed VM, which \
+         the writer may take while holding a shard lock; {remedy} (docs/OPERATIONS.md)"
     ))
 }
 
