@@ -418,8 +418,8 @@ pub fn sample(graph: &Graph, txn: &Transaction, config: &SamplerConfig) -> Subgr
 
 /// [`sample`] into `out`, replacing what it held and reusing its memory: for a caller
 /// that samples one transaction after another and is done with each subgraph before the
-/// next (training's replay, benchmarks), so that sampling allocates nothing once the
-/// arrays have grown to the largest subgraph seen.
+/// next (`fraudgraph bench sampler`), so that sampling allocates nothing once the arrays
+/// have grown to the largest subgraph seen.
 pub fn sample_into(graph: &Graph, txn: &Transaction, config: &SamplerConfig, out: &mut Subgraph) {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut scratch) => sample_with(graph, txn, config, &mut scratch, out),
