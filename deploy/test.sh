@@ -11,6 +11,8 @@ echo "[test] cargo fmt --check" >&2
 cargo fmt --all --check
 echo "[test] cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "[test] cargo doc -D warnings (every doc link resolves)" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "[test] cargo test" >&2
 cargo test --workspace --all-targets --locked
 echo "[test] deploy/check.sh (Kubernetes manifests, dashboard, alert rules; no container engine)" >&2

@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::types::RDKafkaRespErr;
 
 /// Counts deliveries and keeps the first failure, so a producer can report
-/// "N records not delivered: <reason>" instead of losing data silently.
+/// `"N records not delivered: <reason>"` instead of losing data silently.
 #[derive(Default)]
 pub struct DeliveryReport {
     delivered: AtomicU64,

@@ -1,9 +1,9 @@
 //! The simulated payment world behind `fraudgraph simulate`.
 //!
 //! No public fraud dataset has devices and IPs, so fraudgraph makes its own.
-//! [`Simulation::generate`] builds a seeded population ([`world`]) with
-//! legitimate habits that often look suspicious on their own ([`legit`]),
-//! plants five fraud typologies ([`fraud`]), orders everything in time, and
+//! [`Simulation::generate`] builds a seeded population (`world`) with
+//! legitimate habits that often look suspicious on their own (`legit`),
+//! plants five fraud typologies (`fraud`), orders everything in time, and
 //! schedules each fraud's chargeback label days later. [`Simulation::records`]
 //! then renders the stream as contract messages ([`StreamRecord`]s),
 //! transactions and late labels interleaved in time order.
