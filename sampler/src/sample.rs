@@ -138,22 +138,38 @@ impl Subgraph {
         }
     }
 
-    /// Empties it for the sample of `txn_id` at `t_ms`, keeping its arrays' memory.
+    /// Empties it for the sample of `txn_id` at `t_ms`, keeping its arrays' memory. Every
+    /// field is named, so a field added later cannot be left holding the last sample's.
     fn reset(&mut self, txn_id: &str, t_ms: i64) {
-        self.txn_id.clear();
-        self.txn_id.push_str(txn_id);
-        self.t_ms = t_ms;
-        self.nodes.iter_mut().for_each(Vec::clear);
-        self.node_features.iter_mut().for_each(Vec::clear);
-        self.edge_index.iter_mut().for_each(Vec::clear);
-        self.edge_features.iter_mut().for_each(Vec::clear);
-        self.target_account = 0;
-        self.own_rows = [None; 5];
-        self.counterparty_row = None;
-        self.txn_features.clear();
-        self.sequence.clear();
-        self.sequence_len = 0;
-        self.hops = 0;
+        let Subgraph {
+            txn_id: id,
+            t_ms: time,
+            nodes,
+            node_features,
+            edge_index,
+            edge_features,
+            target_account,
+            own_rows,
+            counterparty_row,
+            txn_features,
+            sequence,
+            sequence_len,
+            hops,
+        } = self;
+        id.clear();
+        id.push_str(txn_id);
+        *time = t_ms;
+        nodes.iter_mut().for_each(Vec::clear);
+        node_features.iter_mut().for_each(Vec::clear);
+        edge_index.iter_mut().for_each(Vec::clear);
+        edge_features.iter_mut().for_each(Vec::clear);
+        *target_account = 0;
+        *own_rows = [None; 5];
+        *counterparty_row = None;
+        txn_features.clear();
+        sequence.clear();
+        *sequence_len = 0;
+        *hops = 0;
     }
 
     /// Nodes of every type.
@@ -254,15 +270,31 @@ impl Scratch {
             *self = Scratch::new();
             return;
         }
-        self.rows.by_ref.clear();
-        self.rows.by_key.clear();
-        self.rows.edges.clear();
-        self.own.clear();
-        self.frontier.clear();
-        self.next.clear();
-        self.candidates.clear();
-        self.chosen.clear();
-        self.chosen_ends.clear();
+        // Every field named, so a field added later cannot carry one sample into the next.
+        let Scratch {
+            rows:
+                Rows {
+                    by_ref,
+                    by_key,
+                    edges,
+                },
+            own,
+            frontier,
+            next,
+            candidates,
+            choose: _, // `choose` clears its own buffers before each use.
+            chosen,
+            chosen_ends,
+        } = self;
+        by_ref.clear();
+        by_key.clear();
+        edges.clear();
+        own.clear();
+        frontier.clear();
+        next.clear();
+        candidates.clear();
+        chosen.clear();
+        chosen_ends.clear();
     }
 }
 
