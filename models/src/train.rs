@@ -65,6 +65,11 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Gradient norm clip.
     pub clip_norm: f64,
+    /// Decay of an exponential moving average of the weights, updated after every
+    /// optimizer step (with a warm-up, `min(decay, (1 + t) / (10 + t))` at step `t`);
+    /// validation scores and the artifact keep the average instead of the last step's
+    /// weights. `None` keeps the raw weights.
+    pub weight_average_decay: Option<f64>,
     /// Sequence length given to temporal attention.
     pub max_sequence: usize,
     /// Seeds initialisation, shuffling, example sampling and the sampler.
@@ -89,6 +94,7 @@ impl Default for TrainConfig {
             learning_rate: 2e-3,
             weight_decay: 1e-4,
             clip_norm: 1.0,
+            weight_average_decay: Some(0.99),
             max_sequence: 32,
             seed: 7,
         }
@@ -212,6 +218,12 @@ impl TrainConfig {
         if self.pos_weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
             return bad("pos_weight must be positive");
         }
+        if self
+            .weight_average_decay
+            .is_some_and(|d| !(0.0..1.0).contains(&d))
+        {
+            return bad("weight_average_decay must be in [0, 1)");
+        }
         self.net.validate()?;
         self.gbdt.validate()?;
         self.split.validate()?;
@@ -239,6 +251,53 @@ impl Rng {
         for i in (1..v.len()).rev() {
             v.swap(i, (self.next() % (i as u64 + 1)) as usize);
         }
+    }
+}
+
+/// An exponential moving average of a var store's weights
+/// ([`TrainConfig::weight_average_decay`]).
+struct WeightAverage {
+    decay: f64,
+    steps: u64,
+    average: Vec<(Tensor, Tensor)>,
+}
+
+impl WeightAverage {
+    /// Starts at the store's current weights.
+    fn new(vs: &nn::VarStore, decay: f64) -> WeightAverage {
+        let average = tch::no_grad(|| {
+            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            vars.into_iter().map(|(_, v)| (v.copy(), v)).collect()
+        });
+        WeightAverage {
+            decay,
+            steps: 0,
+            average,
+        }
+    }
+
+    /// Moves the average towards the current weights (after an optimizer step).
+    fn update(&mut self) {
+        self.steps += 1;
+        let t = self.steps as f64;
+        let d = self.decay.min((1.0 + t) / (10.0 + t));
+        tch::no_grad(|| {
+            for (avg, var) in &mut self.average {
+                let _ = avg.lerp_(var, 1.0 - d);
+            }
+        });
+    }
+
+    /// Swaps the average and the current weights (twice restores both).
+    fn swap(&mut self) {
+        tch::no_grad(|| {
+            for (avg, var) in &mut self.average {
+                let held = var.copy();
+                var.copy_(avg);
+                avg.copy_(&held);
+            }
+        });
     }
 }
 
@@ -344,6 +403,9 @@ pub fn train(
     let mut labels: Vec<f32> = Vec::with_capacity(config.batch_size);
     let mut epochs = Vec::new();
     let mut best: Option<(f64, usize, HashMap<String, Tensor>)> = None;
+    let mut average = config
+        .weight_average_decay
+        .map(|d| WeightAverage::new(&vs, d));
     let batches = order.len().div_ceil(config.batch_size);
     for epoch in 1..=config.epochs {
         let epoch_start = Instant::now();
@@ -369,6 +431,9 @@ pub fn train(
             // tch's step unwraps libtorch errors; a failure here is a bug,
             // not bad input (shapes were checked by from_batch).
             opt.backward_step_clip_norm(&loss, config.clip_norm);
+            if let Some(average) = &mut average {
+                average.update();
+            }
             loss_sum += loss.f_double_value(&[])?;
             if b % 8 == 7 || b + 1 == batches {
                 progress(TrainEvent::Batch {
@@ -378,6 +443,11 @@ pub fn train(
                     loss: loss_sum / (b + 1) as f64,
                 });
             }
+        }
+        // Validation (and a best epoch's copy) sees the averaged weights; training goes on
+        // from the raw ones.
+        if let Some(average) = &mut average {
+            average.swap();
         }
         let scores = score_subgraphs(
             &net,
@@ -395,7 +465,8 @@ pub fn train(
         };
         progress(TrainEvent::Epoch(report.clone()));
         epochs.push(report);
-        if best.as_ref().is_none_or(|(b, _, _)| pr > *b) {
+        let better = best.as_ref().is_none_or(|(b, _, _)| pr > *b);
+        if better {
             let weights = tch::no_grad(|| {
                 vs.variables()
                     .into_iter()
@@ -403,9 +474,14 @@ pub fn train(
                     .collect()
             });
             best = Some((pr, epoch, weights));
-        } else if best
-            .as_ref()
-            .is_some_and(|(_, e, _)| epoch - e >= config.patience)
+        }
+        if let Some(average) = &mut average {
+            average.swap();
+        }
+        if !better
+            && best
+                .as_ref()
+                .is_some_and(|(_, e, _)| epoch - e >= config.patience)
         {
             break;
         }
@@ -484,4 +560,54 @@ pub fn train(
         examples: [tf, tl, vf, vl],
         seconds: [replay_s, gnn_s, gbdt_s],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (nn::VarStore, Tensor) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[2], nn::Init::Const(0.0));
+        (vs, w)
+    }
+
+    #[test]
+    fn the_weight_average_follows_the_weights_with_a_warm_up() {
+        let (vs, mut w) = store();
+        let mut average = WeightAverage::new(&vs, 0.99);
+        tch::no_grad(|| w.copy_(&Tensor::from_slice(&[10.0f32, -10.0])));
+        average.update();
+        // Step 1 decays by min(0.99, 2/11): the average moves 9/11 of the way.
+        let expected = 10.0 * 9.0 / 11.0;
+        average.swap();
+        let got: Vec<f32> = Vec::try_from(&w).unwrap();
+        assert!((f64::from(got[0]) - expected).abs() < 1e-5, "{got:?}");
+        assert!((f64::from(got[1]) + expected).abs() < 1e-5, "{got:?}");
+        // Swapping back restores the raw weights exactly.
+        average.swap();
+        assert_eq!(Vec::<f32>::try_from(&w).unwrap(), [10.0, -10.0]);
+        // After many steps at the same weights the average reaches them.
+        for _ in 0..2_000 {
+            average.update();
+        }
+        average.swap();
+        let got: Vec<f32> = Vec::try_from(&w).unwrap();
+        assert!(
+            (got[0] - 10.0).abs() < 1e-3 && (got[1] + 10.0).abs() < 1e-3,
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_weight_average_decay_outside_zero_to_one_is_refused() {
+        for decay in [1.0, -0.1, f64::NAN] {
+            let config = TrainConfig {
+                weight_average_decay: Some(decay),
+                ..TrainConfig::default()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("weight_average_decay"), "{err}");
+        }
+    }
 }
