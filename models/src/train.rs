@@ -8,10 +8,11 @@
 //!    true base rate).
 //! 2. Train the GNN with AdamW on a class-weighted binary cross-entropy
 //!    (`pos_weight` = √(negatives / positives) by default), gradient norm
-//!    clipped, shuffled mini-batches; after each epoch score the validation
-//!    frauds and a seeded share of its legitimate transactions, keep the
-//!    weights with the best PR-AUC; stop after `patience` epochs without
-//!    improvement.
+//!    clipped, shuffled mini-batches, with an exponential moving average of
+//!    the weights kept alongside; after each epoch score the validation
+//!    frauds and a seeded share of its legitimate transactions with the
+//!    averaged weights, keep those with the best PR-AUC; stop after
+//!    `patience` epochs without improvement.
 //! 3. Train LightGBM on the tabular features of the same examples, early
 //!    stopped on the same validation set.
 //! 4. Choose each model's decision threshold as its best F1 on validation.
@@ -89,7 +90,7 @@ impl Default for TrainConfig {
             epoch_valid_legit_rate: 0.25,
             pos_weight: None,
             epochs: 12,
-            patience: 2,
+            patience: 4,
             batch_size: 128,
             learning_rate: 2e-3,
             weight_decay: 1e-4,
@@ -257,8 +258,11 @@ impl Rng {
 /// An exponential moving average of a var store's weights
 /// ([`TrainConfig::weight_average_decay`]).
 struct WeightAverage {
+    /// The most the average keeps of itself per step.
     decay: f64,
+    /// Optimizer steps so far (for the warm-up).
     steps: u64,
+    /// Per variable: (its average, the var store's variable itself).
     average: Vec<(Tensor, Tensor)>,
 }
 
