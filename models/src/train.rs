@@ -270,9 +270,10 @@ impl WeightAverage {
     /// Starts at the store's current weights.
     fn new(vs: &nn::VarStore, decay: f64) -> WeightAverage {
         let average = tch::no_grad(|| {
-            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
-            vars.into_iter().map(|(_, v)| (v.copy(), v)).collect()
+            vs.variables()
+                .into_values()
+                .map(|v| (v.copy(), v))
+                .collect()
         });
         WeightAverage {
             decay,
