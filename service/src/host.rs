@@ -1,15 +1,16 @@
 //! The host's memory settings that matter to fraudgraph: transparent huge pages.
 //!
 //! With the graph's memory on 2 MiB pages (the kernel's THP setting `always`, or glibc
-//! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` or `=2`), the first touch of each
-//! fresh 2 MiB page is one page fault that takes milliseconds on a VM whose host backs the
-//! guest's memory lazily (5-28 ms on the project's VMs). While samples allocated new memory,
-//! one in ~50 took such a fault at 10M edges; since the sampler reuses its memory they do
-//! not, and huge pages then made no measurable difference to sampling (docs/BENCHMARKS.md,
-//! "The sampler's own page faults"), while the writer still takes such faults as the graph
-//! grows, possibly while holding a shard lock. `serve` logs and `doctor` prints
-//! [`huge_page_warning`] when the host is set up that way; neither refuses to run, since the
-//! setting is the operator's.
+//! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` or `=2`), random reads of a large
+//! graph miss the TLB less: at 10M edges `bench sampler` ingested and sampled 1.1-1.4x
+//! faster with them. But the first touch of each fresh 2 MiB page is one page fault that
+//! takes milliseconds on a VM whose host backs the guest's memory lazily (3.8-12 ms on
+//! average, up to 37 ms, on the project's VMs), the writer takes those faults as the graph
+//! grows, possibly while holding a shard lock, and the scoring service on its default graph
+//! answered no faster with them (docs/BENCHMARKS.md, "Huge pages on a quiet morning").
+//! `serve` logs and `doctor` prints [`huge_page_warning`] when the host is set up that way;
+//! neither refuses to run, since the setting is the operator's (docs/OPERATIONS.md says
+//! when to choose it).
 
 /// Where Linux says which transparent-huge-page mode is in force.
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -61,6 +62,42 @@ fn glibc_hugetlb(tunables: &str) -> Option<&str> {
     })
 }
 
+/// Where Linux sums up this process's memory mappings.
+const SMAPS_ROLLUP: &str = "/proc/self/smaps_rollup";
+
+/// This process's resident memory, and how much of it is on transparent huge pages: what
+/// `bench sampler` reports next to its figures, so a run says whether the graph it timed
+/// sat on 2 MiB pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentMemory {
+    /// Resident bytes (`Rss`).
+    pub resident_bytes: u64,
+    /// Resident anonymous bytes on transparent huge pages (`AnonHugePages`).
+    pub huge_page_bytes: u64,
+}
+
+impl ResidentMemory {
+    /// Reads this process's figures, or `None` where the kernel does not give them
+    /// (not Linux, or a kernel older than 4.14).
+    pub fn of_this_process() -> Option<ResidentMemory> {
+        parse_smaps_rollup(&std::fs::read_to_string(SMAPS_ROLLUP).ok()?)
+    }
+}
+
+/// The `Rss` and `AnonHugePages` lines (in kB) of a `smaps_rollup` file, in bytes.
+fn parse_smaps_rollup(file: &str) -> Option<ResidentMemory> {
+    let kb = |name: &str| {
+        file.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(':')?;
+            value.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+        })
+    };
+    Some(ResidentMemory {
+        resident_bytes: kb("Rss")? * 1024,
+        huge_page_bytes: kb("AnonHugePages")? * 1024,
+    })
+}
+
 /// The warning for a host whose THP mode is `thp` and whose glibc tunables ask for huge
 /// pages with `glibc_hugetlb`, or `None` when the graph stays on normal pages.
 pub fn huge_page_warning(thp: Option<&str>, glibc_hugetlb: Option<&str>) -> Option<String> {
@@ -77,9 +114,10 @@ pub fn huge_page_warning(thp: Option<&str>, glibc_hugetlb: Option<&str>) -> Opti
         _ => return None,
     };
     Some(format!(
-        "{cause}: huge pages gave sampling no measurable gain, and each fresh 2 MiB page the \
-         graph grows into costs a page fault of milliseconds on a lazily backed VM, which \
-         the writer may take while holding a shard lock; {remedy} (docs/OPERATIONS.md)"
+        "{cause}: each fresh 2 MiB page the graph grows into costs a page fault of \
+         milliseconds on a lazily backed VM, which the writer may take while holding a shard \
+         lock, and scoring measured no faster with huge pages; {remedy}, unless the graph is \
+         large and the host backs memory eagerly (docs/OPERATIONS.md)"
     ))
 }
 
@@ -107,6 +145,33 @@ mod tests {
         );
         assert_eq!(glibc_hugetlb("glibc.malloc.hugetlb=0"), None);
         assert_eq!(glibc_hugetlb("glibc.malloc.mxfast=0"), None);
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_the_rollup_in_bytes() {
+        let rollup = "55d0c0a00000-7ffd8b5fd000 ---p 00000000 00:00 0    [rollup]\n\
+                      Rss:             4989884 kB\n\
+                      Pss:             4985210 kB\n\
+                      AnonHugePages:   4683776 kB\n\
+                      ShmemPmdMapped:        0 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(rollup),
+            Some(ResidentMemory {
+                resident_bytes: 4_989_884 * 1024,
+                huge_page_bytes: 4_683_776 * 1024,
+            })
+        );
+        assert_eq!(
+            parse_smaps_rollup("Rss: 12 kB\n"),
+            None,
+            "no huge-page line"
+        );
+        assert_eq!(
+            parse_smaps_rollup("Rss: many kB\nAnonHugePages: 0 kB\n"),
+            None
+        );
+        let here = ResidentMemory::of_this_process().expect("Linux gives smaps_rollup");
+        assert!(here.resident_bytes > 0 && here.huge_page_bytes <= here.resident_bytes);
     }
 
     #[test]

@@ -428,6 +428,10 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     //    rolled back to t, so hubs cost more here.
     let (past, _) = sample_latencies(&graph, &past_targets, &config);
 
+    // What the graph's process holds now, and how much of it is on huge pages (their
+    // effect on these figures: docs/OPERATIONS.md).
+    let memory = crate::host::ResidentMemory::of_this_process();
+
     // 4. Maintenance passes over the finished graph, each a full scan: the gauges'
     //    statistics (under shard read locks), then idle eviction with the default
     //    retention (under shard write locks, from the writer): the first pass removes
@@ -476,6 +480,8 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         "evict_idle_first_pass_ms": evict_first_ms,
         "evict_idle_first_pass_edges": evicted.half_edges / 2,
         "evict_idle_pass_ms": evict_again_ms,
+        "resident_bytes": memory.map(|m| m.resident_bytes),
+        "huge_page_bytes": memory.map(|m| m.huge_page_bytes),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
