@@ -1,4 +1,5 @@
-//! The host's memory settings that matter to fraudgraph: transparent huge pages.
+//! The host's memory settings that matter to fraudgraph (transparent huge pages), and this
+//! process's resident memory ([`ResidentMemory`]).
 //!
 //! With the graph's memory on 2 MiB pages (the kernel's THP setting `always`, or glibc
 //! started with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` or `=2`), random reads of a large
