@@ -18,7 +18,7 @@ use std::path::Path;
 use fraudgraph_proto::stream_file::{StreamFileError, StreamReader};
 use fraudgraph_proto::v1::stream_record::Record;
 use fraudgraph_proto::v1::{Transaction, Typology};
-use fraudgraph_sampler::graph::{ApplyOutcome, Graph, GraphConfig};
+use fraudgraph_sampler::graph::{ApplyOutcome, Graph, GraphConfig, LOOKAHEAD};
 use fraudgraph_sampler::sample::{SamplerConfig, Subgraph, sample};
 use fraudgraph_simulator::Simulation;
 use serde::{Deserialize, Serialize};
@@ -242,7 +242,7 @@ pub fn replay(
                 });
             }
         }
-        graph.prefetch_upcoming(stream.transactions.iter().skip(i + 1).take(2));
+        graph.prefetch_upcoming(stream.transactions.iter().skip(i + 1).take(LOOKAHEAD));
         let (outcome, _) = graph.apply_evicting(txn);
         debug_assert_ne!(outcome, ApplyOutcome::TooLate, "the stream is sorted");
         if i % 4096 == 4095 {

@@ -525,6 +525,10 @@ impl<'a> Entities<'a> {
     }
 }
 
+/// How many transactions ahead of the one being applied [`Graph::prefetch_upcoming`]
+/// reads: whoever applies a stream passes it the next `LOOKAHEAD`.
+pub const LOOKAHEAD: usize = 3;
+
 /// Edges of a cold node's list (and the lists after it) the writer asks for before
 /// removing an edge a full list dropped: 32 edges of 28 bytes, 14-15 cache lines.
 const COLD_LIST_PREFETCH_EDGES: usize = 32;
@@ -762,9 +766,9 @@ impl Graph {
     /// aggregates, under one hold of its shard's write lock. The node's mirror line is
     /// published later, once its edges are in too ([`Graph::apply`]): until then it shows
     /// the node as it stood before this transaction, a consistent older state. Starts
-    /// loading the edges of the `ports` (a bit each) the transaction will touch, and the
-    /// mirror line, so that those misses overlap with interning the other entities; for
-    /// the `payer`, also the ends of its sequence, which [`Graph::push_sequence`] reads.
+    /// loading what adding the edges of the `ports` (a bit each) will read
+    /// ([`Graph::prefetch_for_apply`]), so that those misses overlap with interning the
+    /// other entities.
     fn intern_and_add(
         &self,
         t: NodeType,
@@ -781,10 +785,31 @@ impl Graph {
         let node = &mut guard.nodes[slot];
         self.add_to_aggregates(node, time_ms, amount);
         let at = NodeRef::new(shard, slot);
-        // A full list's new neighbour rotates the whole side (up to `adjacency_cap`).
+        self.prefetch_for_apply(t, at, node, time_ms, ports, payer);
+        at
+    }
+
+    /// Starts loading what applying a transaction at `time_ms` reads of `node` (at `at`)
+    /// beyond the node itself: the newest edges of each of the `ports` it touches (a full
+    /// list's new neighbour rotates the whole side, up to `adjacency_cap`), its mirror
+    /// line, for the `payer` the ends of its sequence, and its aggregate checkpoints when
+    /// the transaction will add one. A hint: it changes nothing.
+    fn prefetch_for_apply(
+        &self,
+        t: NodeType,
+        at: NodeRef,
+        node: &Node,
+        time_ms: i64,
+        ports: u8,
+        payer: bool,
+    ) {
         node.ports
             .prefetch(ports, self.config.adjacency_cap, Intent::Write);
         self.hot[t.index()].prefetch(at, Intent::Write);
+        if self.checkpoint_due(node, time_ms) {
+            // Dropping the oldest checkpoint moves the others; the new one goes after them.
+            prefetch_tail(&node.history, self.config.checkpoints, Intent::Write);
+        }
         if payer {
             // The newest element (compared, then followed by the new one) and the oldest
             // (dropped once the sequence is full).
@@ -796,17 +821,21 @@ impl Graph {
                 prefetch_tail(std::slice::from_ref(item), 1, Intent::Write);
             }
         }
-        at
+    }
+
+    /// Whether adding a transaction at `time_ms` to `n`'s aggregates first keeps a
+    /// checkpoint: the first transaction of a new checkpoint interval.
+    fn checkpoint_due(&self, n: &Node, time_ms: i64) -> bool {
+        let interval = (self.config.late_window_ms / self.config.checkpoints.max(1) as i64).max(1);
+        self.config.checkpoints > 0
+            && n.agg.l_ms != i64::MIN
+            && time_ms.div_euclid(interval) > n.agg.l_ms.div_euclid(interval)
     }
 
     /// Adds a transaction to a node's aggregates, keeping the state before it (`prev`) and,
     /// once per checkpoint interval, a checkpoint.
     fn add_to_aggregates(&self, n: &mut Node, time_ms: i64, amount: f32) {
-        let interval = (self.config.late_window_ms / self.config.checkpoints.max(1) as i64).max(1);
-        if n.agg.l_ms != i64::MIN
-            && time_ms.div_euclid(interval) > n.agg.l_ms.div_euclid(interval)
-            && self.config.checkpoints > 0
-        {
+        if self.checkpoint_due(n, time_ms) {
             if n.history.len() == self.config.checkpoints {
                 n.history.remove(0);
             }
@@ -902,22 +931,41 @@ impl Graph {
         }
     }
 
-    /// Starts loading what applying the next two transactions of a stream will read first,
-    /// so that those misses overlap with applying the current one: call it just before
-    /// applying a transaction, with the transactions that will be applied after it, in
-    /// order (only the first two are read; fewer are fine).
+    /// Starts loading what applying the next [`LOOKAHEAD`] transactions of a stream will
+    /// read, so that those misses overlap with applying the current one: call it just
+    /// before applying a transaction, with the transactions that will be applied after it,
+    /// in order (only the first [`LOOKAHEAD`] are read; fewer are fine).
     ///
-    /// Interning an entity on a graph beyond the caches is otherwise two misses in a row
-    /// (the index's line, then the node the id is confirmed against), and each entity's
-    /// come after the previous one's, as each is interned under its own shard lock (whose
-    /// atomic is a fence). So for the transaction after next this asks for the index lines where its
-    /// entities' ids will be searched, and for the next one (whose index lines the previous
-    /// call asked for) it finds the entities' likely slots, by tag alone, and asks for their
-    /// nodes. A hint: it changes nothing in the graph, and a wrong guess costs a wasted load.
+    /// Applying a transaction on a graph beyond the caches is otherwise a chain of misses
+    /// per entity: the index's line, then the node the id is confirmed against, then what
+    /// the node points to (its edges, its aggregate checkpoints, its sequence); and each
+    /// entity's come after the previous one's, as each is interned under its own shard
+    /// lock (whose atomic is a fence). So each call moves every upcoming transaction one
+    /// link down its chain: for the third it asks for the index lines where its entities'
+    /// ids will be searched; for the second (whose index lines the previous call asked
+    /// for) it finds the entities' likely slots, by tag alone, and asks for their nodes;
+    /// for the next one (whose nodes the previous call asked for) it asks for what those
+    /// nodes point to ([`Graph::prefetch_for_apply`]). A hint: it changes nothing in the
+    /// graph, and a wrong guess costs a wasted load.
     pub fn prefetch_upcoming<'t>(&self, upcoming: impl IntoIterator<Item = &'t Transaction>) {
         let mut upcoming = upcoming.into_iter();
         if let Some(next) = upcoming.next() {
-            for e in entities_of(next).0.iter() {
+            for (i, e) in entities_of(next).0.iter().enumerate() {
+                let h = IdHash::of(e.key);
+                let guard = self.shards[e.t.index()][h.shard()].read();
+                if let Some((slot, node)) = guard
+                    .index
+                    .likely(h)
+                    .and_then(|s| Some((s as usize, guard.nodes.get(s as usize)?)))
+                {
+                    let at = NodeRef::new(h.shard(), slot);
+                    let payer = i == 0;
+                    self.prefetch_for_apply(e.t, at, node, next.event_time_ms, e.ports, payer);
+                }
+            }
+        }
+        if let Some(second) = upcoming.next() {
+            for e in entities_of(second).0.iter() {
                 let h = IdHash::of(e.key);
                 let guard = self.shards[e.t.index()][h.shard()].read();
                 if let Some(node) = guard
@@ -929,8 +977,8 @@ impl Graph {
                 }
             }
         }
-        if let Some(after_next) = upcoming.next() {
-            for e in entities_of(after_next).0.iter() {
+        if let Some(third) = upcoming.next() {
+            for e in entities_of(third).0.iter() {
                 let h = IdHash::of(e.key);
                 let guard = self.shards[e.t.index()][h.shard()].read();
                 guard.index.prefetch(h, Intent::Read);

@@ -4,7 +4,7 @@
 use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::batch::{Batch, NO_ROW};
 use fraudgraph_sampler::features::{self, SEQ_FEATURES};
-use fraudgraph_sampler::graph::{Graph, GraphConfig};
+use fraudgraph_sampler::graph::{Graph, GraphConfig, LOOKAHEAD};
 use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph, sample, sample_into};
 use fraudgraph_sampler::{NodeType, Relation};
 use fraudgraph_simulator::{SimConfig, Simulation};
@@ -169,7 +169,7 @@ fn looking_ahead_while_applying_changes_nothing() {
             assert_eq!(sample(&plain, t, &config), sample(&ahead, t, &config));
         }
         plain.apply(t);
-        ahead.prefetch_upcoming(txns.iter().skip(i + 1).take(2));
+        ahead.prefetch_upcoming(txns.iter().skip(i + 1).take(LOOKAHEAD));
         ahead.apply(t);
     }
     assert_eq!(plain.stats(), ahead.stats());

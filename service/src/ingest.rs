@@ -89,7 +89,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use fraudgraph_proto::codec::{self, DecodeError};
 use fraudgraph_proto::v1::{KafkaStatus, Label, PartitionLag, ScoreResponse, Transaction};
 use fraudgraph_proto::{PayloadFormat, ValidationError, topics, validate};
-use fraudgraph_sampler::graph::ApplyOutcome;
+use fraudgraph_sampler::graph::{ApplyOutcome, LOOKAHEAD};
 use fraudgraph_sampler::snapshot::Offsets;
 use parking_lot::Mutex;
 use prometheus::IntCounter;
@@ -779,14 +779,15 @@ struct Applier {
 }
 
 impl Applier {
-    /// Handles records in arrival order until the channel closes. Two records are read
-    /// ahead when the channel has them, so that applying one starts loading what the next
-    /// two transactions need ([`Graph::prefetch_upcoming`]); they are handled in order all
-    /// the same, and those read ahead are handled before the thread ends.
+    /// Handles records in arrival order until the channel closes. Up to [`LOOKAHEAD`]
+    /// records are read ahead when the channel has them, so that applying one starts
+    /// loading what the next transactions need ([`Graph::prefetch_upcoming`]); they are
+    /// handled in order all the same, and those read ahead are handled before the thread
+    /// ends.
     ///
     /// [`Graph::prefetch_upcoming`]: fraudgraph_sampler::graph::Graph::prefetch_upcoming
     fn run(mut self) {
-        let mut ahead: VecDeque<Polled> = VecDeque::with_capacity(3);
+        let mut ahead: VecDeque<Polled> = VecDeque::with_capacity(LOOKAHEAD + 1);
         loop {
             if ahead.is_empty() {
                 match self.rx.recv() {
@@ -794,7 +795,7 @@ impl Applier {
                     Err(_) => return,
                 }
             }
-            while ahead.len() < 3 {
+            while ahead.len() < LOOKAHEAD + 1 {
                 match self.rx.try_recv() {
                     Ok(polled) => ahead.push_back(polled),
                     Err(_) => break,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use fraudgraph_proto::v1::Transaction;
-use fraudgraph_sampler::graph::{Graph, GraphConfig};
+use fraudgraph_sampler::graph::{Graph, GraphConfig, LOOKAHEAD};
 use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph, sample_into};
 use fraudgraph_simulator::{SimConfig, Simulation};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -280,8 +280,9 @@ fn sample_latencies(
     (lat, nodes)
 }
 
-/// A stream of transactions read two ahead, so that applying one can start loading what
-/// the next two need ([`Graph::prefetch_upcoming`]), as the service's applier does.
+/// A stream of transactions read [`LOOKAHEAD`] ahead, so that applying one can start
+/// loading what the next ones need ([`Graph::prefetch_upcoming`]), as the service's
+/// applier does.
 struct Ahead<I> {
     stream: I,
     window: VecDeque<Transaction>,
@@ -291,13 +292,13 @@ impl<I: Iterator<Item = Transaction>> Ahead<I> {
     fn new(stream: I) -> Self {
         Ahead {
             stream,
-            window: VecDeque::with_capacity(3),
+            window: VecDeque::with_capacity(LOOKAHEAD + 1),
         }
     }
 
     /// The next transaction.
     fn next(&mut self) -> Option<Transaction> {
-        while self.window.len() < 3 {
+        while self.window.len() < LOOKAHEAD + 1 {
             match self.stream.next() {
                 Some(t) => self.window.push_back(t),
                 None => break,
