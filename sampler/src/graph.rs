@@ -945,8 +945,8 @@ impl Graph {
     /// ids will be searched; for the second (whose index lines the previous call asked
     /// for) it finds the entities' likely slots, by tag alone, and asks for their nodes;
     /// for the next one (whose nodes the previous call asked for) it asks for what those
-    /// nodes point to ([`Graph::prefetch_for_apply`]). A hint: it changes nothing in the
-    /// graph, and a wrong guess costs a wasted load.
+    /// nodes point to, as `apply` itself does when it interns them. A hint: it changes
+    /// nothing in the graph, and a wrong guess costs a wasted load.
     pub fn prefetch_upcoming<'t>(&self, upcoming: impl IntoIterator<Item = &'t Transaction>) {
         let mut upcoming = upcoming.into_iter();
         if let Some(next) = upcoming.next() {
