@@ -17,7 +17,8 @@
 //!   temporal attention over the account's history; its configuration and precision switch.
 //! - [`gbdt`]: the LightGBM fallback on tabular features (the transaction and its one-hop
 //!   context), saved as a standard LightGBM text model.
-//! - [`metrics`]: PR-AUC, ROC-AUC, F1, recall at a false-positive rate; [`plots`]: PNGs.
+//! - [`metrics`]: PR-AUC, ROC-AUC, F1, recall at a false-positive rate; [`margin`]: how
+//!   sure a lead in PR-AUC is (a bootstrap interval); [`plots`]: PNGs.
 //! - [`dataset`]: labelled streams replayed leak-free through the graph and sampler, split
 //!   by time.
 //! - [`train`]: one replay, then the GNN (early stopped on validation PR-AUC) and the GBDT,
@@ -40,6 +41,7 @@ pub mod tensors;
 pub mod train;
 
 pub mod gbdt;
+pub mod margin;
 pub mod metrics;
 pub mod plots;
 

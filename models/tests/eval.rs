@@ -110,8 +110,35 @@ fn evaluation_writes_metrics_report_and_plots() {
         }
     }
 
+    // The PR-AUC lead with its interval: for every set with fraud, the margin is the
+    // difference of the two models' PR-AUC and lies within its interval's ends.
+    let margin_sets: Vec<&String> = report.pr_auc_margins.keys().collect();
+    let mut want_sets: Vec<&String> = typologies.iter().collect();
+    let overall = "overall".to_owned();
+    want_sets.push(&overall);
+    want_sets.sort();
+    assert_eq!(margin_sets, want_sets);
+    for (name, m) in &report.pr_auc_margins {
+        let (g, b) = if name == "overall" {
+            (&report.metrics.gnn.overall, &report.metrics.gbdt.overall)
+        } else {
+            (
+                &report.metrics.gnn.typologies[name],
+                &report.metrics.gbdt.typologies[name],
+            )
+        };
+        let diff = g.pr_auc.unwrap() - b.pr_auc.unwrap();
+        assert!((m.margin - diff).abs() < 1e-12, "{name}: {m:?} vs {diff}");
+        assert!(
+            m.low <= m.high && (0.0..=1.0).contains(&m.share_ahead),
+            "{name}: {m:?}"
+        );
+        assert_eq!(m.resamples, fraudgraph_models::eval::MARGIN_RESAMPLES);
+    }
+
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| overall |"), "{md}");
+    assert!(md.contains("How sure the PR-AUC lead is"), "{md}");
     for t in &typologies {
         assert!(md.contains(&format!("| {t} |")), "{t} in the table:\n{md}");
     }

@@ -120,6 +120,12 @@ fn eval_writes_the_report_and_prints_a_summary() {
     assert!(stdout.contains("test transactions"), "{stdout}");
     assert!(stdout.contains("\noverall "), "{stdout}");
     assert!(stdout.contains("TYPOLOGY_"), "{stdout}");
+    assert!(stdout.contains("90% bootstrap interval"), "{stdout}");
+    let overall = stdout.lines().find(|l| l.starts_with("overall ")).unwrap();
+    assert!(
+        overall.contains(" .. ") && overall.contains(')'),
+        "{overall}"
+    );
     assert!(stdout.contains("report.md"), "{stdout}");
 
     let json: serde_json::Value =

@@ -114,17 +114,21 @@ fn print_summary(args: &EvalArgs, r: &EvalReport, seconds: f64) {
         eval::format_ms(r.test_last_ms),
     );
     println!(
-        "{:<28} {:>6}  {:>13}    {:>13}    {:>13}    {:>13}",
-        "", "", "PR-AUC", "ROC-AUC", "F1", "recall@1%FPR"
+        "{:<28} {:>6}  {:>13}    {:>13}    {:>13}    {:>13}    {:>24}",
+        "", "", "PR-AUC", "ROC-AUC", "F1", "recall@1%FPR", "PR-AUC gnn - gbdt"
     );
     let models = format!("{:>6} {:>6}", "gnn", "gbdt");
     println!(
-        "{:<28} {:>6}  {models}    {models}    {models}    {models}",
-        "set", "fraud"
+        "{:<28} {:>6}  {models}    {models}    {models}    {models}    {:>24}",
+        "set", "fraud", "(90% bootstrap interval)"
     );
     let row = |name: &str, g: &Metrics, b: &Metrics| {
+        let margin = r.pr_auc_margins.get(name).map_or_else(
+            || format!("{:>24}", "n/a"),
+            |m| format!("{:+.3} ({:+.3} .. {:+.3})", m.margin, m.low, m.high),
+        );
         println!(
-            "{name:<28} {:>6}  {} {}    {} {}    {} {}    {} {}",
+            "{name:<28} {:>6}  {} {}    {} {}    {} {}    {} {}    {margin:>24}",
             g.positives,
             fmt(g.pr_auc),
             fmt(b.pr_auc),
