@@ -48,9 +48,8 @@ pub const PR_CURVES_FILE: &str = "pr_curves.png";
 pub const ROC_CURVES_FILE: &str = "roc_curves.png";
 /// The file name of the score distributions.
 pub const SCORE_DISTRIBUTIONS_FILE: &str = "score_distributions.png";
-/// Bootstrap resamples behind each PR-AUC margin's interval: enough for its 5th and 95th
-/// percentiles to move by less than a thousandth between seeds on a test period of this
-/// size.
+/// Bootstrap resamples behind each PR-AUC margin's interval (a common count for a 90%
+/// percentile interval; each is one pass over the set's rows per model).
 pub const MARGIN_RESAMPLES: u32 = 1000;
 /// The seed of those resamples, so that a report is reproducible.
 pub const MARGIN_SEED: u64 = 0;
