@@ -12,8 +12,9 @@
 //! legitimate test transactions. [`evaluate`] writes, into the report directory:
 //!
 //! - `metrics.json`: `{"gnn": {"overall": {...}, "TYPOLOGY_RING": {...}, ...}, "gbdt": {...}}`;
-//! - `report.md`: both models side by side per typology, counts, the GNN's PR-AUC lead
-//!   over the GBDT with a 90% bootstrap interval per set ([`crate::margin`]), the test
+//! - `pr_auc_margins.json`: the GNN's PR-AUC lead over the GBDT per set, with its 90%
+//!   bootstrap interval ([`crate::margin`]);
+//! - `report.md`: both models side by side per typology, counts, those leads, the test
 //!   period, the artifact's manifest;
 //! - `pr_curves.png`, `roc_curves.png`, `score_distributions.png`.
 
@@ -40,6 +41,10 @@ use crate::runtime;
 pub const EVAL_BATCH: usize = 256;
 /// The file name of the metrics inside the report directory.
 pub const METRICS_FILE: &str = "metrics.json";
+/// The file name of the PR-AUC margins (GNN minus GBDT, with their bootstrap intervals):
+/// `{"overall": {"margin": .., "low": .., "high": .., "share_ahead": .., "resamples": ..},
+/// "TYPOLOGY_RING": {...}, ...}`.
+pub const MARGINS_FILE: &str = "pr_auc_margins.json";
 /// The file name of the Markdown report.
 pub const REPORT_FILE: &str = "report.md";
 /// The file name of the precision–recall curves.
@@ -290,12 +295,16 @@ pub fn evaluate(
         let path = report_dir.join(name);
         std::fs::write(&path, bytes).map_err(|source| EvalError::Io { path, source })
     };
-    let mut json = serde_json::to_vec_pretty(&report.metrics).map_err(|e| EvalError::Io {
-        path: report_dir.join(METRICS_FILE),
-        source: std::io::Error::other(e),
-    })?;
-    json.push(b'\n');
-    write(METRICS_FILE, &json)?;
+    for (name, json) in [
+        (METRICS_FILE, pretty_json(&report.metrics)),
+        (MARGINS_FILE, pretty_json(&report.pr_auc_margins)),
+    ] {
+        let json = json.map_err(|e| EvalError::Io {
+            path: report_dir.join(name),
+            source: std::io::Error::other(e),
+        })?;
+        write(name, &json)?;
+    }
     let notes = write_plots(report_dir, &scored, &report.metrics)?;
     write(REPORT_FILE, markdown(artifact, &report, &notes).as_bytes())?;
     Ok(report)
@@ -606,6 +615,13 @@ fn markdown(artifact: &Artifact, r: &EvalReport, notes: &[String]) -> String {
         let _ = writeln!(s, "- Validation metrics: `{}`.", m.metrics);
     }
     s
+}
+
+/// Pretty JSON with a final newline.
+fn pretty_json<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut json = serde_json::to_vec_pretty(value)?;
+    json.push(b'\n');
+    Ok(json)
 }
 
 /// Compact JSON of a manifest part.

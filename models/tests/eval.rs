@@ -135,6 +135,15 @@ fn evaluation_writes_metrics_report_and_plots() {
         );
         assert_eq!(m.resamples, fraudgraph_models::eval::MARGIN_RESAMPLES);
     }
+    let written: std::collections::BTreeMap<String, fraudgraph_models::margin::PrAucMargin> =
+        serde_json::from_slice(&std::fs::read(report_dir.join("pr_auc_margins.json")).unwrap())
+            .unwrap();
+    assert!(written.keys().eq(report.pr_auc_margins.keys()));
+    for (w, m) in written.values().zip(report.pr_auc_margins.values()) {
+        let same = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(same(w.margin, m.margin) && same(w.low, m.low) && same(w.high, m.high));
+        assert!(same(w.share_ahead, m.share_ahead) && w.resamples == m.resamples);
+    }
 
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| overall |"), "{md}");
