@@ -259,9 +259,10 @@ pub fn evaluate(
 
     let gnn_threshold = artifact.manifest.thresholds.gnn;
     let gbdt_threshold = artifact.manifest.thresholds.gbdt;
+    let sets = sets(&scored);
     let metrics = EvalMetrics {
-        gnn: model_metrics("gnn", &scored, &scored.gnn, gnn_threshold)?,
-        gbdt: model_metrics("gbdt", &scored, &scored.gbdt, gbdt_threshold)?,
+        gnn: model_metrics("gnn", &scored, &sets, &scored.gnn, gnn_threshold)?,
+        gbdt: model_metrics("gbdt", &scored, &sets, &scored.gbdt, gbdt_threshold)?,
     };
     let mut fraud_by_typology = BTreeMap::new();
     for (&f, &t) in scored.fraud.iter().zip(&scored.typology) {
@@ -279,7 +280,7 @@ pub fn evaluate(
         transactions: scored.fraud.len() as u64,
         fraud: scored.fraud.iter().filter(|&&f| f).count() as u64,
         fraud_by_typology,
-        pr_auc_margins: pr_auc_margins(&scored)?,
+        pr_auc_margins: pr_auc_margins(&scored, &sets)?,
         seconds: started.elapsed().as_secs_f64(),
         gnn_seconds: scored.gnn_seconds,
         gbdt_seconds: scored.gbdt_seconds,
@@ -336,23 +337,24 @@ fn pick<T: Copy>(values: &[T], rows: &[usize]) -> Vec<T> {
     rows.iter().map(|&i| values[i]).collect()
 }
 
-/// One model's overall and per-typology metrics.
+/// One model's overall and per-typology metrics, on the [`sets`] of `scored`.
 fn model_metrics(
     model: &'static str,
     scored: &Scored,
+    sets: &[(String, Vec<usize>)],
     scores: &[f64],
     threshold: f64,
 ) -> Result<ModelMetrics, EvalError> {
     let err = |source| EvalError::Metric { model, source };
-    let mut sets = sets(scored).into_iter();
+    let mut sets = sets.iter();
     let (_, all) = sets.next().expect("overall comes first");
     let overall = Metrics::compute(&pick(scores, &all), &pick(&scored.fraud, &all), threshold)
         .map_err(err)?;
     let mut typologies = BTreeMap::new();
     for (name, rows) in sets {
-        let m = Metrics::compute(&pick(scores, &rows), &pick(&scored.fraud, &rows), threshold)
+        let m = Metrics::compute(&pick(scores, rows), &pick(&scored.fraud, rows), threshold)
             .map_err(err)?;
-        typologies.insert(name, m);
+        typologies.insert(name.clone(), m);
     }
     Ok(ModelMetrics {
         overall,
@@ -360,23 +362,26 @@ fn model_metrics(
     })
 }
 
-/// The GNN's PR-AUC lead over the GBDT on each set of [`sets`] that has fraud, with its
-/// bootstrap interval ([`MARGIN_RESAMPLES`] resamples, seed [`MARGIN_SEED`]).
-fn pr_auc_margins(scored: &Scored) -> Result<BTreeMap<String, PrAucMargin>, EvalError> {
+/// The GNN's PR-AUC lead over the GBDT on each of the [`sets`] of `scored` that has fraud,
+/// with its bootstrap interval ([`MARGIN_RESAMPLES`] resamples, seed [`MARGIN_SEED`]).
+fn pr_auc_margins(
+    scored: &Scored,
+    sets: &[(String, Vec<usize>)],
+) -> Result<BTreeMap<String, PrAucMargin>, EvalError> {
     let mut margins = BTreeMap::new();
-    for (name, rows) in sets(scored) {
-        let labels = pick(&scored.fraud, &rows);
+    for (name, rows) in sets {
+        let labels = pick(&scored.fraud, rows);
         if !labels.contains(&true) {
             continue;
         }
-        let (gnn, gbdt) = (pick(&scored.gnn, &rows), pick(&scored.gbdt, &rows));
+        let (gnn, gbdt) = (pick(&scored.gnn, rows), pick(&scored.gbdt, rows));
         let margin = pr_auc_margin(&gnn, &gbdt, &labels, MARGIN_RESAMPLES, MARGIN_SEED).map_err(
             |source| EvalError::Metric {
                 model: "gnn - gbdt",
                 source,
             },
         )?;
-        margins.insert(name, margin);
+        margins.insert(name.clone(), margin);
     }
     Ok(margins)
 }
