@@ -783,9 +783,9 @@ impl Graph {
         let mut guard = self.shards[t.index()][shard].write();
         let slot = guard.find_or_create(h, t, key, time_ms);
         let node = &mut guard.nodes[slot];
-        self.add_to_aggregates(node, time_ms, amount);
         let at = NodeRef::new(shard, slot);
         self.prefetch_for_apply(t, at, node, time_ms, ports, payer);
+        self.add_to_aggregates(node, time_ms, amount);
         at
     }
 
