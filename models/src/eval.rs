@@ -348,8 +348,8 @@ fn model_metrics(
     let err = |source| EvalError::Metric { model, source };
     let mut sets = sets.iter();
     let (_, all) = sets.next().expect("overall comes first");
-    let overall = Metrics::compute(&pick(scores, &all), &pick(&scored.fraud, &all), threshold)
-        .map_err(err)?;
+    let overall =
+        Metrics::compute(&pick(scores, all), &pick(&scored.fraud, all), threshold).map_err(err)?;
     let mut typologies = BTreeMap::new();
     for (name, rows) in sets {
         let m = Metrics::compute(&pick(scores, rows), &pick(&scored.fraud, rows), threshold)
