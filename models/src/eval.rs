@@ -14,6 +14,8 @@
 //! - `metrics.json`: `{"gnn": {"overall": {...}, "TYPOLOGY_RING": {...}, ...}, "gbdt": {...}}`;
 //! - `pr_auc_margins.json`: the GNN's PR-AUC lead over the GBDT per set, with its 90%
 //!   bootstrap interval ([`crate::margin`]);
+//! - `scores.csv`: every test transaction's two scores and its label, for looking at what
+//!   either model missed;
 //! - `report.md`: both models side by side per typology, counts, those leads, the test
 //!   period, the artifact's manifest;
 //! - `pr_curves.png`, `roc_curves.png`, `score_distributions.png`.
@@ -45,6 +47,10 @@ pub const METRICS_FILE: &str = "metrics.json";
 /// `{"overall": {"margin": .., "low": .., "high": .., "share_ahead": .., "resamples": ..},
 /// "TYPOLOGY_RING": {...}, ...}`.
 pub const MARGINS_FILE: &str = "pr_auc_margins.json";
+
+/// Every test transaction's scores, for looking at what either model missed:
+/// `txn_id,fraud,typology,gnn,gbdt` (typology empty when legitimate), in replay order.
+pub const SCORES_FILE: &str = "scores.csv";
 /// The file name of the Markdown report.
 pub const REPORT_FILE: &str = "report.md";
 /// The file name of the precision–recall curves.
@@ -161,6 +167,7 @@ struct Scored {
     gbdt: Vec<f64>,
     fraud: Vec<bool>,
     typology: Vec<i32>,
+    txn_ids: Vec<String>,
     first_ms: Option<i64>,
     last_ms: Option<i64>,
     gnn_seconds: f64,
@@ -235,6 +242,7 @@ pub fn evaluate(
             s.out.last_ms = Some(s.out.last_ms.map_or(t, |l| l.max(t)));
             s.out.fraud.push(example.fraud);
             s.out.typology.push(example.typology);
+            s.out.txn_ids.push(example.sub.txn_id.clone());
             s.pending.push(example.sub);
             if s.pending.len() >= EVAL_BATCH
                 && let Err(e) = s.flush()
@@ -306,9 +314,32 @@ pub fn evaluate(
         })?;
         write(name, &json)?;
     }
+    write(SCORES_FILE, scores_csv(&scored).as_bytes())?;
     let notes = write_plots(report_dir, &scored, &report.metrics)?;
     write(REPORT_FILE, markdown(artifact, &report, &notes).as_bytes())?;
     Ok(report)
+}
+
+/// `scores.csv`: one row per test transaction in replay order, with a header.
+fn scores_csv(scored: &Scored) -> String {
+    let mut out = String::from("txn_id,fraud,typology,gnn,gbdt\n");
+    for i in 0..scored.fraud.len() {
+        let typology = if scored.fraud[i] {
+            dataset::typology_name(scored.typology[i])
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{}",
+            scored.txn_ids[i],
+            u8::from(scored.fraud[i]),
+            typology,
+            scored.gnn[i],
+            scored.gbdt[i]
+        );
+    }
+    out
 }
 
 /// The sets both models are measured on: every test row (`overall`), then, per typology

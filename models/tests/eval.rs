@@ -1,7 +1,7 @@
 //! Evaluation of a saved artifact on a simulated stream: every test-period transaction is
 //! scored by both models, and the report directory holds `metrics.json` (gnn/gbdt →
-//! overall + one entry per typology, each with the headline metrics), `report.md` and the
-//! three PNGs.
+//! overall + one entry per typology, each with the headline metrics), `report.md`,
+//! `pr_auc_margins.json`, `scores.csv` and the three PNGs.
 
 mod support;
 
@@ -144,6 +144,38 @@ fn evaluation_writes_metrics_report_and_plots() {
         assert!(same(w.margin, m.margin) && same(w.low, m.low) && same(w.high, m.high));
         assert!(same(w.share_ahead, m.share_ahead) && w.resamples == m.resamples);
     }
+
+    // scores.csv: every test transaction once, in time order, with its label, and the
+    // scores the metrics were computed from.
+    let csv = std::fs::read_to_string(report_dir.join("scores.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("txn_id,fraud,typology,gnn,gbdt"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), test.len());
+    let (mut gnn, mut gbdt, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, txn) in rows.iter().zip(&test) {
+        assert_eq!(row.len(), 5, "{row:?}");
+        assert_eq!(row[0], txn.txn_id);
+        let typology = stream.fraud.get(&txn.txn_id);
+        assert_eq!(row[1], if typology.is_some() { "1" } else { "0" });
+        assert_eq!(
+            row[2],
+            typology.map(|&t| typology_name(t)).unwrap_or_default()
+        );
+        gnn.push(row[3].parse::<f64>().unwrap());
+        gbdt.push(row[4].parse::<f64>().unwrap());
+        labels.push(typology.is_some());
+    }
+    let same = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    let pr_auc = fraudgraph_models::metrics::pr_auc;
+    assert!(same(
+        pr_auc(&gnn, &labels).unwrap(),
+        report.metrics.gnn.overall.pr_auc.unwrap()
+    ));
+    assert!(same(
+        pr_auc(&gbdt, &labels).unwrap(),
+        report.metrics.gbdt.overall.pr_auc.unwrap()
+    ));
 
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| overall |"), "{md}");
