@@ -19,7 +19,7 @@
 //!
 //! Everything is seeded; on CPU the result is reproducible run to run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use fraudgraph_sampler::batch::Batch;
@@ -48,13 +48,6 @@ pub struct TrainConfig {
     /// Share of legitimate training transactions kept as examples (all frauds
     /// are kept).
     pub legit_sample_rate: f64,
-    /// Share of legitimate training transactions kept as examples for the accounts that
-    /// have a fraud of their own in the training period (ring members' and mules'
-    /// ordinary payments, a taken-over account's owner's): the hard negatives, whose
-    /// neighbourhood looks like fraud. `None`: `legit_sample_rate`, like every other
-    /// account. At least `legit_sample_rate`; each legitimate transaction draws once, so
-    /// raising it adds examples and keeps the others.
-    pub fraud_account_legit_rate: Option<f64>,
     /// Share of legitimate validation transactions scored after each epoch
     /// to pick the best epoch (all frauds are). Thresholds and the reported
     /// validation metrics use every validation transaction.
@@ -94,7 +87,6 @@ impl Default for TrainConfig {
             gbdt: GbdtParams::default(),
             split: Split::default(),
             legit_sample_rate: 0.1,
-            fraud_account_legit_rate: None,
             epoch_valid_legit_rate: 0.25,
             pos_weight: None,
             epochs: 12,
@@ -214,12 +206,6 @@ impl TrainConfig {
         let bad = |m: &str| Err(TrainError::Config(m.to_owned()));
         if !(self.legit_sample_rate > 0.0 && self.legit_sample_rate <= 1.0) {
             return bad("legit_sample_rate must be in (0, 1]");
-        }
-        if self
-            .fraud_account_legit_rate
-            .is_some_and(|r| !(r >= self.legit_sample_rate && r <= 1.0))
-        {
-            return bad("fraud_account_legit_rate must be in [legit_sample_rate, 1]");
         }
         if !(self.epoch_valid_legit_rate > 0.0 && self.epoch_valid_legit_rate <= 1.0) {
             return bad("epoch_valid_legit_rate must be in (0, 1]");
@@ -344,19 +330,6 @@ fn metric<T>(period: &'static str, r: Result<T, MetricError>) -> Result<T, Train
     r.map_err(|source| TrainError::Metric { period, source })
 }
 
-/// The accounts that pay a fraud of their own in the training period.
-fn training_fraud_accounts<'a>(stream: &'a LabelledStream, times: &SplitTimes) -> HashSet<&'a str> {
-    stream
-        .transactions
-        .iter()
-        .filter(|t| {
-            times.period(t.event_time_ms) == Some(Period::Train)
-                && stream.fraud.contains_key(&t.txn_id)
-        })
-        .map(|t| t.account_id.as_str())
-        .collect()
-}
-
 /// Trains both models on `stream` on `device`.
 pub fn train(
     stream: &LabelledStream,
@@ -372,10 +345,6 @@ pub fn train(
     // 1. Examples.
     let started = Instant::now();
     let mut rng = Rng(config.seed ^ 0x5eed);
-    let fraud_accounts = training_fraud_accounts(stream, &split_times);
-    let hard_rate = config
-        .fraud_account_legit_rate
-        .unwrap_or(config.legit_sample_rate);
     let mut train_set: Vec<Example> = Vec::new();
     let (mut valid_subs, mut valid_labels): (Vec<Subgraph>, Vec<bool>) = (Vec::new(), Vec::new());
     dataset::replay(
@@ -383,15 +352,8 @@ pub fn train(
         &split_times,
         graph_config,
         sampler,
-        |txn, period, fraud| match period {
-            Period::Train => {
-                let rate = if fraud_accounts.contains(txn.account_id.as_str()) {
-                    hard_rate
-                } else {
-                    config.legit_sample_rate
-                };
-                fraud || rng.unit() < rate
-            }
+        |_, period, fraud| match period {
+            Period::Train => fraud || rng.unit() < config.legit_sample_rate,
             Period::Valid => true,
             Period::Test => false,
         },

@@ -11,17 +11,6 @@ use fraudgraph_sampler::sample::SamplerConfig;
 use fraudgraph_simulator::{SimConfig, Simulation};
 use tch::Device;
 
-/// libtorch's random generator is global to the process, and the tests of one file run
-/// in parallel threads: two trainings at once would draw from each other's seeds. Each
-/// test that trains holds this.
-static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_training_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_TRAINING_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn world(transactions: u64, fraud_rate: f64) -> LabelledStream {
     let sim = Simulation::generate(&SimConfig {
         transactions,
@@ -62,7 +51,6 @@ fn small_config() -> TrainConfig {
 
 #[test]
 fn both_models_learn_and_a_run_is_reproducible() {
-    let _one = one_training_at_a_time();
     let stream = world(6_000, 0.05);
     let run = || {
         train(
@@ -134,70 +122,4 @@ fn bad_settings_name_the_setting() {
     };
     let err = config.validate().unwrap_err().to_string();
     assert!(err.contains("legit_sample_rate"), "{err}");
-}
-
-#[test]
-fn the_fraud_accounts_own_payments_can_be_kept_as_hard_negatives() {
-    let _one = one_training_at_a_time();
-    let stream = world(6_000, 0.05);
-    let config = TrainConfig {
-        // Next to no ordinary legitimate example, every payment of a fraud account.
-        legit_sample_rate: 1e-9,
-        fraud_account_legit_rate: Some(1.0),
-        epochs: 1,
-        ..small_config()
-    };
-    let times = config.split.times(&stream).unwrap();
-    let in_training = |t: &&fraudgraph_proto::v1::Transaction| {
-        times.period(t.event_time_ms) == Some(fraudgraph_models::dataset::Period::Train)
-    };
-    let fraud_accounts: std::collections::HashSet<&str> = stream
-        .transactions
-        .iter()
-        .filter(in_training)
-        .filter(|t| stream.fraud.contains_key(&t.txn_id))
-        .map(|t| t.account_id.as_str())
-        .collect();
-    let hard = stream
-        .transactions
-        .iter()
-        .filter(in_training)
-        .filter(|t| !stream.fraud.contains_key(&t.txn_id))
-        .filter(|t| fraud_accounts.contains(t.account_id.as_str()))
-        .count();
-    assert!(
-        hard > 50,
-        "the world has fraud accounts with ordinary lives: {hard}"
-    );
-
-    let trained = train(
-        &stream,
-        &config,
-        &GraphConfig::default(),
-        &SamplerConfig::default(),
-        Device::Cpu,
-        &|_| {},
-    )
-    .unwrap();
-    let [train_fraud, train_legit, _, _] = trained.examples;
-    assert_eq!(
-        train_legit, hard,
-        "exactly the fraud accounts' own payments"
-    );
-    assert_eq!(
-        train_fraud,
-        stream
-            .transactions
-            .iter()
-            .filter(in_training)
-            .filter(|t| stream.fraud.contains_key(&t.txn_id))
-            .count()
-    );
-
-    let below = TrainConfig {
-        fraud_account_legit_rate: Some(0.1),
-        ..small_config()
-    };
-    let err = below.validate().unwrap_err().to_string();
-    assert!(err.contains("fraud_account_legit_rate"), "{err}");
 }
