@@ -16,6 +16,19 @@ use fraudgraph_simulator::{SimConfig, Simulation};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
+/// libtorch's random generator is global to the process and the tests of this file run on
+/// parallel threads: a test drawing from it (initialising a model, dropout) between another
+/// test's `manual_seed` and its model's initialisation would change that model's weights and
+/// fail `same_seed_gives_identical_logits_bit_for_bit` by chance. Every test here holds this
+/// while it runs.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Small enough for fast debug-build tests, same architecture as the default.
 fn tiny() -> NetConfig {
     NetConfig {
@@ -146,6 +159,7 @@ fn assert_finite(t: &Tensor) {
 
 #[test]
 fn logits_have_one_value_per_real_subgraph() {
+    let _rng = torch_rng();
     let batch = simulated_batch(16);
     assert!(batch.size >= 20);
     let used = Relation::ALL
@@ -166,6 +180,7 @@ fn logits_have_one_value_per_real_subgraph() {
 
 #[test]
 fn empty_relations_empty_node_types_and_no_history_are_finite() {
+    let _rng = torch_rng();
     let (_vs, net) = model(2, &tiny());
 
     // No cards at all (an empty node type and two empty relations), no transfers, and
@@ -215,6 +230,7 @@ fn empty_relations_empty_node_types_and_no_history_are_finite() {
 
 #[test]
 fn same_seed_gives_identical_logits_bit_for_bit() {
+    let _rng = torch_rng();
     let batch = synthetic_batch(6, 8, 5);
     let bt = BatchTensors::from_batch(&batch, Device::Cpu).unwrap();
     let (_a, net_a) = model(42, &tiny());
@@ -232,6 +248,7 @@ fn same_seed_gives_identical_logits_bit_for_bit() {
 
 #[test]
 fn gradients_reach_every_relation_in_both_directions() {
+    let _rng = torch_rng();
     let config = NetConfig {
         dropout: 0.0,
         ..tiny()
@@ -271,6 +288,7 @@ fn gradients_reach_every_relation_in_both_directions() {
 
 #[test]
 fn a_few_adam_steps_fit_a_small_labelled_batch() {
+    let _rng = torch_rng();
     let config = NetConfig {
         dropout: 0.0,
         ..tiny()
@@ -301,6 +319,7 @@ fn a_few_adam_steps_fit_a_small_labelled_batch() {
 
 #[test]
 fn malformed_batches_are_errors_not_panics() {
+    let _rng = torch_rng();
     let mut batch = synthetic_batch(2, 4, 8);
     batch.edge_index[Relation::DeviceIp.index()][0].1 = 99;
     assert!(matches!(
@@ -334,6 +353,7 @@ fn malformed_batches_are_errors_not_panics() {
 
 #[test]
 fn reduced_precision_predictions_follow_f32() {
+    let _rng = torch_rng();
     // Half precision is meant for CUDA; this checks the plumbing (parameters and inputs
     // converted together) on CPU kernels, which support both kinds in libtorch 2.11.
     let batch = synthetic_batch(8, 6, 9);
@@ -353,6 +373,7 @@ fn reduced_precision_predictions_follow_f32() {
 
 #[test]
 fn predict_follows_parameter_changes_made_between_calls() {
+    let _rng = torch_rng();
     // predict keeps the fused pass's concatenated weights between calls; an optimizer
     // step (an in-place write) must be seen by the next call, as it is by forward_t. It
     // runs in inference mode, and training must still work after it.
@@ -402,6 +423,7 @@ fn predict_follows_parameter_changes_made_between_calls() {
 
 #[test]
 fn half_precision_scores_near_one_keep_their_order() {
+    let _rng = torch_rng();
     // Fraud rankings live near 1, where bf16 keeps one value per 2^-8: a sigmoid taken
     // in half precision would collapse them into ties. Shift every logit up by 8.
     let batch = synthetic_batch(8, 6, 5);
