@@ -47,9 +47,8 @@ pub const METRICS_FILE: &str = "metrics.json";
 /// `{"overall": {"margin": .., "low": .., "high": .., "share_ahead": .., "resamples": ..},
 /// "TYPOLOGY_RING": {...}, ...}`.
 pub const MARGINS_FILE: &str = "pr_auc_margins.json";
-
-/// Every test transaction's scores, for looking at what either model missed:
-/// `txn_id,fraud,typology,gnn,gbdt` (typology empty when legitimate), in replay order.
+/// The file name of every test transaction's scores, for looking at what either model
+/// missed: `txn_id,fraud,typology,gnn,gbdt` (typology empty when legitimate), in replay order.
 pub const SCORES_FILE: &str = "scores.csv";
 /// The file name of the Markdown report.
 pub const REPORT_FILE: &str = "report.md";
