@@ -17,7 +17,9 @@
 //!    stopped on the same validation set.
 //! 4. Choose each model's decision threshold as its best F1 on validation.
 //!
-//! Everything is seeded; on CPU the result is reproducible run to run.
+//! Everything is seeded; on CPU the result is reproducible run to run on one
+//! CPU family (another family rounds differently in libtorch, and training
+//! ends with another network of similar quality).
 
 use std::collections::HashMap;
 use std::time::Instant;
