@@ -1476,7 +1476,7 @@ mod tests {
             .into_iter()
             .map(|(r, rev)| message_type_name(r, rev))
             .collect();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 2 * Relation::ALL.len());
         assert_eq!(names[0], "rel_used_device_fwd");
         assert_eq!(names[1], "rel_used_device_rev");
     }

@@ -24,9 +24,9 @@ pub struct Batch {
     /// For each node row, the index of its subgraph in the batch.
     pub node_graph: [Vec<u32>; 5],
     /// Edges per relation as (source row, destination row) in the stacked rows.
-    pub edge_index: [Vec<(u32, u32)>; 7],
+    pub edge_index: [Vec<(u32, u32)>; Relation::ALL.len()],
     /// Edge features per relation, row-major.
-    pub edge_features: [Vec<f32>; 7],
+    pub edge_features: [Vec<f32>; Relation::ALL.len()],
     /// Per subgraph: the stacked row of its transaction's account.
     pub target_account: Vec<u32>,
     /// Per node type, per subgraph: the stacked row of the transaction's own

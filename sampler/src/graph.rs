@@ -535,12 +535,12 @@ const COLD_LIST_PREFETCH_EDGES: usize = 32;
 
 /// The edges of a transaction, each as (relation, source, destination), the endpoints
 /// indices into its [`Entities`].
-type TxnEdges = [Option<(Relation, usize, usize)>; 7];
+type TxnEdges = [Option<(Relation, usize, usize)>; Relation::ALL.len()];
 
 /// A transaction's distinct entities, each with the ports it touches there, and its edges.
 fn entities_of(txn: &Transaction) -> (Entities<'_>, TxnEdges) {
     let mut entities = Entities::default();
-    let mut edges = [None; 7];
+    let mut edges = [None; Relation::ALL.len()];
     for (slot, (relation, src_key, dst_key)) in edges.iter_mut().zip(edges_of(txn)) {
         let (src_t, dst_t) = relation.endpoints();
         let src = entities.mention(src_t, src_key, port_of(src_t, relation, Side::Out));
@@ -1060,7 +1060,8 @@ impl Graph {
             .at;
         // Edges dropped from full lists, to be removed at their other end once this
         // transaction's own edges are in.
-        let mut dropped: [Option<DroppedEdge>; 14] = [None; 14];
+        let mut dropped: [Option<DroppedEdge>; 2 * Relation::ALL.len()] =
+            [None; 2 * Relation::ALL.len()];
         let (mut n_dropped, mut prefetched) = (0, 0);
         for i in 0..entities.len {
             let Entity { t: ty, at, .. } = entities.get(i);

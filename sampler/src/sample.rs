@@ -88,9 +88,9 @@ pub struct Subgraph {
     /// Node features per type, row-major.
     pub node_features: [Vec<f32>; 5],
     /// Edges per relation, in [`Relation::index`] order, as (src row, dst row).
-    pub edge_index: [Vec<(u32, u32)>; 7],
+    pub edge_index: [Vec<(u32, u32)>; Relation::ALL.len()],
     /// Edge features per relation, row-major.
-    pub edge_features: [Vec<f32>; 7],
+    pub edge_features: [Vec<f32>; Relation::ALL.len()],
     /// The row of the transaction's account in `nodes[Account]` (always 0).
     pub target_account: u32,
     /// Per node type, the row of the transaction's own entity of that type
