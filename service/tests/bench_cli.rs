@@ -49,3 +49,37 @@ fn bench_sampler_reports_every_figure() {
     );
     assert!(report["sample_p50_us"].as_f64() <= report["sample_p99_us"].as_f64());
 }
+
+#[test]
+fn bench_sampler_takes_fanouts_as_one_comma_separated_value() {
+    let run = |fanouts: &str| {
+        Command::new(env!("CARGO_BIN_EXE_fraudgraph"))
+            .args([
+                "bench",
+                "sampler",
+                "--transactions",
+                "2000",
+                "--samples",
+                "10",
+            ])
+            .args(["--fanouts", fanouts, "--json"])
+            .output()
+            .expect("the fraudgraph binary runs")
+    };
+    let out = run("8,4,2");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["fanouts"], serde_json::json!([8, 4, 2]));
+
+    let out = run("8,4");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--fanouts") && stderr.contains("three"),
+        "{stderr}"
+    );
+}

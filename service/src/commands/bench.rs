@@ -57,8 +57,8 @@ struct SamplerBench {
     #[arg(long, default_value_t = 5_000)]
     samples: usize,
     /// Fan-out per hop, e.g. 20,10,5.
-    #[arg(long, default_value = "20,10,5", value_delimiter = ',', num_args = 3)]
-    fanouts: Vec<usize>,
+    #[arg(long, default_value = "20,10,5", value_parser = super::parse_fanouts)]
+    fanouts: [usize; 3],
     /// Sample weighted by edge count instead of most recent first.
     #[arg(long)]
     weighted: bool,
@@ -315,7 +315,7 @@ impl<I: Iterator<Item = Transaction>> Ahead<I> {
 
 fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     let config = SamplerConfig {
-        fanouts: [b.fanouts[0], b.fanouts[1], b.fanouts[2]],
+        fanouts: b.fanouts,
         strategy: if b.weighted {
             Strategy::Weighted
         } else {

@@ -46,6 +46,10 @@ pub struct TrainArgs {
     /// Training seed (overrides the config file).
     #[arg(long)]
     seed: Option<u64>,
+    /// The sampler's fan-out per hop, e.g. 20,10,5 (the sampler's default). The
+    /// artifact records it, and serving and evaluation sample with the artifact's.
+    #[arg(long, value_parser = super::parse_fanouts)]
+    fanouts: Option<[usize; 3]>,
     /// Where the GNN trains.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
@@ -89,9 +93,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let device = args.device.resolve()?;
     let graph_config = GraphConfig::default();
+    let defaults = SamplerConfig::default();
     let sampler = SamplerConfig {
+        fanouts: args.fanouts.unwrap_or(defaults.fanouts),
         seed: config.seed,
-        ..SamplerConfig::default()
+        ..defaults
     };
     tracing::info!(
         transactions = stream.transactions.len(),
