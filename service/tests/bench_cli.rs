@@ -39,6 +39,7 @@ fn bench_sampler_reports_every_figure() {
         assert!(v > 0.0, "{key} = {v}");
     }
     assert_eq!(report["transactions"], 5000);
+    assert_eq!(report["fanouts"], serde_json::json!([20, 10, 5]));
     // Sampled at the head of the stream (between 3/5 and 4/5 of it), one target
     // every 20 transactions: all 50 asked for.
     assert_eq!(report["samples"], 50);

@@ -56,9 +56,9 @@ struct SamplerBench {
     /// Targets to sample per measurement.
     #[arg(long, default_value_t = 5_000)]
     samples: usize,
-    /// Fan-out per hop, e.g. 20,10,5.
-    #[arg(long, default_value = "20,10,5", value_parser = super::parse_fanouts)]
-    fanouts: [usize; 3],
+    /// Fan-out per hop, e.g. 20,10,5 (the sampler's default).
+    #[arg(long, value_parser = super::parse_fanouts)]
+    fanouts: Option<[usize; 3]>,
     /// Sample weighted by edge count instead of most recent first.
     #[arg(long)]
     weighted: bool,
@@ -315,7 +315,7 @@ impl<I: Iterator<Item = Transaction>> Ahead<I> {
 
 fn sampler(b: SamplerBench) -> anyhow::Result<()> {
     let config = SamplerConfig {
-        fanouts: b.fanouts,
+        fanouts: b.fanouts.unwrap_or(SamplerConfig::default().fanouts),
         strategy: if b.weighted {
             Strategy::Weighted
         } else {
@@ -462,7 +462,7 @@ fn sampler(b: SamplerBench) -> anyhow::Result<()> {
         "bytes_per_edge": stats.edge_bytes as f64 / stats.edges.max(1) as f64,
         "node_bytes_per_edge": stats.node_bytes as f64 / stats.edges.max(1) as f64,
         "bytes_per_node": stats.node_bytes as f64 / stats.nodes.iter().sum::<u64>().max(1) as f64,
-        "fanouts": b.fanouts,
+        "fanouts": config.fanouts,
         "strategy": if b.weighted { "weighted" } else { "most_recent" },
         "samples": live.len(),
         "mean_sampled_nodes": live_nodes.iter().sum::<f64>() / live_nodes.len().max(1) as f64,
