@@ -20,9 +20,9 @@ pub struct Batch {
     /// Subgraphs in the batch.
     pub size: usize,
     /// Node features per type, row-major, `features::node_width(t)` columns.
-    pub node_features: [Vec<f32>; 5],
+    pub node_features: [Vec<f32>; NodeType::ALL.len()],
     /// For each node row, the index of its subgraph in the batch.
-    pub node_graph: [Vec<u32>; 5],
+    pub node_graph: [Vec<u32>; NodeType::ALL.len()],
     /// Edges per relation as (source row, destination row) in the stacked rows.
     pub edge_index: [Vec<(u32, u32)>; Relation::ALL.len()],
     /// Edge features per relation, row-major.
@@ -31,7 +31,7 @@ pub struct Batch {
     pub target_account: Vec<u32>,
     /// Per node type, per subgraph: the stacked row of the transaction's own
     /// entity of that type ([`Subgraph::own_rows`]), [`NO_ROW`] when it has none.
-    pub own_rows: [Vec<u32>; 5],
+    pub own_rows: [Vec<u32>; NodeType::ALL.len()],
     /// Per subgraph: the stacked account row of its transfer's receiver
     /// ([`Subgraph::counterparty_row`]), [`NO_ROW`] when it is not a transfer.
     pub counterparty_row: Vec<u32>,
@@ -82,7 +82,7 @@ impl Batch {
             .resize(subgraphs.len() * max_sequence * SEQ_FEATURES.len(), 0.0);
         self.sequence_len.clear();
 
-        let mut offsets = [0u32; 5];
+        let mut offsets = [0u32; NodeType::ALL.len()];
         for (g, sub) in subgraphs.iter().enumerate() {
             for t in NodeType::ALL {
                 let i = t.index();

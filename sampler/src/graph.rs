@@ -565,7 +565,7 @@ struct DroppedEdge {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GraphStats {
     /// Nodes of each type, in [`NodeType::index`] order.
-    pub nodes: [u64; 5],
+    pub nodes: [u64; NodeType::ALL.len()],
     /// Distinct edges (each stored at both endpoints, counted once).
     pub edges: u64,
     /// Bytes held by edges (both copies, with vector slack).
@@ -584,10 +584,10 @@ pub struct GraphStats {
 /// may call what concurrently.
 pub struct Graph {
     pub(crate) config: GraphConfig,
-    pub(crate) shards: [Box<[RwLock<Shard>]>; 5],
+    pub(crate) shards: [Box<[RwLock<Shard>]>; NodeType::ALL.len()],
     /// Per node type, the lock-free mirror of each node's first line; every writer
     /// publishes to it under the node's shard write lock.
-    pub(crate) hot: [HotTable; 5],
+    pub(crate) hot: [HotTable; NodeType::ALL.len()],
     pub(crate) dedupe: Mutex<Dedupe>,
 }
 

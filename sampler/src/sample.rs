@@ -84,9 +84,9 @@ pub struct Subgraph {
     /// Its event time, Unix ms.
     pub t_ms: i64,
     /// Nodes per type, in [`NodeType::index`] order.
-    pub nodes: [Vec<SampledNode>; 5],
+    pub nodes: [Vec<SampledNode>; NodeType::ALL.len()],
     /// Node features per type, row-major.
-    pub node_features: [Vec<f32>; 5],
+    pub node_features: [Vec<f32>; NodeType::ALL.len()],
     /// Edges per relation, in [`Relation::index`] order, as (src row, dst row).
     pub edge_index: [Vec<(u32, u32)>; Relation::ALL.len()],
     /// Edge features per relation, row-major.
@@ -97,7 +97,7 @@ pub struct Subgraph {
     /// (the payer for accounts; the receiver of a transfer is reached through
     /// the target's `transferred_to` edge), `None` when the transaction has
     /// none.
-    pub own_rows: [Option<u32>; 5],
+    pub own_rows: [Option<u32>; NodeType::ALL.len()],
     /// The row in `nodes[Account]` of a transfer's receiver (the counterparty), `None`
     /// when the transaction is not a transfer.
     pub counterparty_row: Option<u32>,
@@ -127,7 +127,7 @@ impl Subgraph {
                 Vec::with_capacity(EXPECTED_EDGES * features::EDGE_FEATURES.len())
             }),
             target_account: 0,
-            own_rows: [None; 5],
+            own_rows: [None; NodeType::ALL.len()],
             counterparty_row: None,
             txn_features: Vec::with_capacity(features::TXN_FEATURES.len()),
             sequence: Vec::with_capacity(
@@ -164,7 +164,7 @@ impl Subgraph {
         edge_index.iter_mut().for_each(Vec::clear);
         edge_features.iter_mut().for_each(Vec::clear);
         *target_account = 0;
-        *own_rows = [None; 5];
+        *own_rows = [None; NodeType::ALL.len()];
         *counterparty_row = None;
         txn_features.clear();
         sequence.clear();

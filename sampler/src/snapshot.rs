@@ -437,7 +437,7 @@ impl Graph {
                 order.push_back((t, id));
                 seen.insert(id);
             }
-            let mut shards: [Vec<RwLock<Shard>>; 5] = Default::default();
+            let mut shards: [Vec<RwLock<Shard>>; NodeType::ALL.len()] = Default::default();
             for t in NodeType::ALL {
                 for _ in 0..SHARDS {
                     let n = d.len("node")?;

@@ -28,7 +28,7 @@ impl Subgraph {
     /// after sampling (an evicted node's slot may since hold another id).
     pub fn to_petgraph(&self, graph: &Graph) -> DiGraph<ViewNode, Relation> {
         let mut g = DiGraph::with_capacity(self.node_count(), self.edge_count());
-        let mut base = [0usize; 5];
+        let mut base = [0usize; NodeType::ALL.len()];
         for t in NodeType::ALL {
             base[t.index()] = g.node_count();
             for (row, n) in self.nodes[t.index()].iter().enumerate() {

@@ -241,7 +241,7 @@ fn an_unseen_target_is_included() {
     assert_eq!(sub.target_account, 0);
     assert_eq!(
         sub.own_rows,
-        [Some(0); 5],
+        [Some(0); NodeType::ALL.len()],
         "payer, device, IP, merchant, card"
     );
     for t in [

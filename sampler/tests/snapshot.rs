@@ -8,6 +8,7 @@ use std::path::Path;
 
 use common::{T0, make, txn_strategy};
 use fraudgraph_proto::v1::Transaction;
+use fraudgraph_sampler::NodeType;
 use fraudgraph_sampler::graph::{ApplyOutcome, Graph, GraphConfig};
 use fraudgraph_sampler::sample::{SamplerConfig, sample};
 use fraudgraph_sampler::snapshot::{Offsets, SnapshotError};
@@ -24,7 +25,7 @@ fn offsets() -> Offsets {
 
 /// What the graph holds (memory figures differ: a restored graph has no
 /// vector slack).
-fn content(g: &Graph) -> ([u64; 5], u64, i64) {
+fn content(g: &Graph) -> ([u64; NodeType::ALL.len()], u64, i64) {
     let s = g.stats();
     (s.nodes, s.edges, s.watermark_ms)
 }

@@ -226,14 +226,14 @@ fn structure_entropy(counts: &[usize]) -> f64 {
 /// `Subgraph::to_petgraph`). Each neighbour appears once per node, with the
 /// first relation (in [`Relation::index`] order) joining them.
 struct View {
-    base: [usize; 5],
+    base: [usize; NodeType::ALL.len()],
     types: Vec<NodeType>,
     adj: Vec<Vec<(u32, Relation)>>,
 }
 
 impl View {
     fn new(sub: &Subgraph) -> View {
-        let mut base = [0usize; 5];
+        let mut base = [0usize; NodeType::ALL.len()];
         let mut types = Vec::with_capacity(sub.node_count());
         for t in NodeType::ALL {
             base[t.index()] = types.len();

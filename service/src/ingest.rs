@@ -1642,6 +1642,7 @@ mod tests {
 
     use fraudgraph_proto::v1::stream_record::Record;
     use fraudgraph_proto::v1::{Decision, Typology};
+    use fraudgraph_sampler::NodeType;
     use fraudgraph_sampler::graph::{Graph, GraphConfig};
     use fraudgraph_simulator::{SimConfig, Simulation};
     use rdkafka::producer::BaseProducer;
@@ -1894,7 +1895,7 @@ mod tests {
     }
 
     /// The node and edge counts of a graph that applied `txns` directly.
-    fn direct(txns: &[Transaction]) -> ([u64; 5], u64) {
+    fn direct(txns: &[Transaction]) -> ([u64; NodeType::ALL.len()], u64) {
         let graph = Graph::new(graph_config());
         for t in txns {
             assert_eq!(graph.apply(t), ApplyOutcome::Applied);
@@ -1903,7 +1904,7 @@ mod tests {
         (s.nodes, s.edges)
     }
 
-    fn shape(graph: &Graph) -> ([u64; 5], u64) {
+    fn shape(graph: &Graph) -> ([u64; NodeType::ALL.len()], u64) {
         let s = graph.stats();
         (s.nodes, s.edges)
     }

@@ -111,6 +111,7 @@ impl LiveGraph {
 mod tests {
     use std::path::Path;
 
+    use fraudgraph_sampler::NodeType;
     use fraudgraph_sampler::graph::{EVICTION_PERIODS_PER_RETENTION, GraphConfig};
     use fraudgraph_simulator::{SimConfig, Simulation};
 
@@ -126,7 +127,7 @@ mod tests {
     }
 
     /// (transactions, edges, nodes by type, watermark) of `graph`.
-    fn shape(graph: &Graph) -> (u64, u64, [u64; 5], i64) {
+    fn shape(graph: &Graph) -> (u64, u64, [u64; NodeType::ALL.len()], i64) {
         let s = graph.stats();
         (s.transactions, s.edges, s.nodes, s.watermark_ms)
     }

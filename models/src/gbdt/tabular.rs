@@ -188,7 +188,7 @@ mod tests {
             edge_index: Default::default(),
             edge_features: Default::default(),
             target_account: 0,
-            own_rows: [None; 5],
+            own_rows: [None; NodeType::ALL.len()],
             counterparty_row: None,
             txn_features: Vec::new(),
             sequence: Vec::new(),
