@@ -1,7 +1,9 @@
 //! `fraudgraph serve` on a real Kafka-protocol broker (tansu): the simulated stream
 //! produced to the topics, ingested by the service, scored over a real gRPC socket; a
 //! malformed record dead-lettered while consumption goes on; a crash mid-stream and a
-//! restart from the last snapshot that loses nothing and applies nothing twice.
+//! restart from the last snapshot that loses nothing and applies nothing twice; a broker
+//! that stops answering for a while, during which scoring, health, Status and /metrics
+//! stay up, and after which consumption resumes with every transaction applied once.
 //!
 //! Records are produced one per batch: tansu 0.6 answers a fetch that starts inside a
 //! batch with the batches after it only, so a consumer resuming mid-batch (after a pause
@@ -496,4 +498,99 @@ async fn a_crash_mid_stream_loses_nothing_and_applies_nothing_twice() {
     );
     assert!(again.terminate().success());
     assert!(steady.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_leaves_scoring_up_and_consumption_resumes_without_loss() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::simulate(20_000, SEED + 2);
+    let txns = &world.transactions;
+    create_topics(&tansu.brokers).await;
+    let p = producer(&tansu.brokers);
+    let half = txns.len() / 2;
+    produce(&p, &txns[..half]);
+
+    let cfg = kafka_config(dir.path(), &tansu.brokers, "stalled", false);
+    let mut serve = Serve::start(dir.path(), &["--config", &cfg]);
+    serve.wait_serving(Duration::from_secs(180)).await;
+    let first = txn_ids_in_topic(&tansu.brokers).len() as u64;
+    assert_eq!(
+        wait_transactions(&serve, first, Duration::from_secs(60)).await,
+        first,
+        "{}",
+        serve.log()
+    );
+
+    // The broker hangs. Nothing the service answers waits on it.
+    tansu.pause();
+    let stalled = Instant::now();
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.brokers)
+        .create()
+        .unwrap();
+    assert!(
+        probe
+            .fetch_watermarks(topics::TRANSACTIONS, 0, Duration::from_secs(1))
+            .is_err(),
+        "the paused broker still answers"
+    );
+    let mut client = serve.client();
+    for t in txns[half..].iter().take(20) {
+        let mut r = tonic::Request::new(ScoreRequest {
+            transaction: Some(t.clone()),
+            apply_to_graph: false,
+        });
+        r.set_timeout(Duration::from_secs(2));
+        let r = client
+            .score(r)
+            .await
+            .expect("Score answers while the broker hangs");
+        assert_eq!(
+            r.into_inner().model,
+            ModelKind::Gnn as i32,
+            "the GNN answers"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        serve.health().await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving),
+        "a broker outage must not take the replica out of service: it still scores"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(2), serve.status())
+        .await
+        .expect("Status does not wait on the broker");
+    assert_eq!(
+        status.graph.unwrap().transactions,
+        first,
+        "nothing applied twice"
+    );
+    let metrics = tokio::time::timeout(Duration::from_secs(2), serve.scrape())
+        .await
+        .expect("/metrics does not wait on the broker");
+    assert!(metrics.contains("fraudgraph_kafka_lag"), "{metrics}");
+    assert!(stalled.elapsed() >= Duration::from_secs(5));
+
+    // The broker answers again; the rest of the stream arrives and is applied once.
+    tansu.resume();
+    for chunk in txns[half..].chunks(500) {
+        produce(&p, chunk);
+    }
+    let served = txn_ids_in_topic(&tansu.brokers).len() as u64;
+    assert!(
+        served >= txns.len() as u64 * 99 / 100,
+        "the broker serves {served}"
+    );
+    let got = wait_transactions(&serve, served, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = serve.status().await;
+    assert_eq!(
+        (got, after.graph.unwrap().transactions),
+        (served, served),
+        "{}",
+        serve.log()
+    );
+    assert_eq!(after.kafka.unwrap().dead_lettered, 0);
+    assert!(serve.terminate().success(), "{}", serve.log());
 }

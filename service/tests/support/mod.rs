@@ -65,6 +65,28 @@ impl Tansu {
     }
 }
 
+impl Tansu {
+    /// Stops the broker process (SIGSTOP): it keeps its connections and its data but
+    /// answers nothing, as a hung or partitioned broker does, until [`Tansu::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{name} tansu failed");
+    }
+}
+
 impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
