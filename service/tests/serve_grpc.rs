@@ -1,7 +1,7 @@
 //! `fraudgraph serve` as a gateway sees it: the whole contract over a real gRPC socket,
 //! health and reflection, validation errors naming the field, idempotent apply, the GBDT
 //! answering inside the deadline when the GNN is slow, metrics, graceful shutdown with a
-//! snapshot and a restart from it.
+//! snapshot and a restart from it, and calls in flight at SIGTERM answered before the exit.
 
 mod serve_support;
 
@@ -331,4 +331,53 @@ async fn a_slow_gnn_is_answered_by_the_gbdt_inside_the_deadline() {
         metrics.contains("fraudgraph_scores_total{model=\"gbdt\",reason=\"timeout\"} 40"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_calls_in_flight_before_the_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every forward pass takes 400 ms, so the calls are still in the pipeline at SIGTERM.
+    let cfg = config(dir.path(), r#", "pipeline": {"inference_delay_ms": 400}"#);
+    let world = World::simulate(SIM, SEED);
+    let mut serve = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    serve.wait_serving(Duration::from_secs(120)).await;
+    let client = serve.client();
+    client
+        .clone()
+        .status(fraudgraph_proto::v1::StatusRequest {})
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for t in world.transactions[WARM as usize..].iter().take(6) {
+        let mut client = client.clone();
+        let req = request(t, Duration::from_secs(10));
+        calls.push(tokio::spawn(async move {
+            let r = client.score(req).await;
+            (r, started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let signalled = started.elapsed();
+    // SIGTERM, and wait for the exit, off the runtime (it blocks).
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = serve.terminate();
+        (status, serve)
+    });
+    for call in calls {
+        let (r, took) = call.await.unwrap();
+        let r = r
+            .unwrap_or_else(|e| panic!("a call in flight at SIGTERM failed: {e}"))
+            .into_inner();
+        // Answered after the signal, and by the GNN: the pipeline ran until the drain ended.
+        assert!(took > signalled, "{took:?} vs SIGTERM at {signalled:?}");
+        assert_eq!(r.model, ModelKind::Gnn as i32, "{r:?}");
+        assert_eq!(r.fallback_reason, FallbackReason::None as i32);
+    }
+    let (status, serve) = exit.await.unwrap();
+    assert!(status.success(), "exit {status}:\n{}", serve.log());
+    let log = serve.log();
+    assert!(log.contains("draining in-flight calls"), "{log}");
+    assert!(log.contains("graph snapshot written"), "{log}");
 }

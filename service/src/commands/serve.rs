@@ -229,14 +229,6 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         models,
     ));
 
-    // Shutdown signal, shared by the servers and the periodic tasks.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight calls");
-        let _ = stop_tx.send(true);
-    });
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -244,6 +236,27 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     health
         .set_not_serving::<FraudScoringServer<ScoringService>>()
         .await;
+
+    // Shutdown signal, shared by the servers and the periodic tasks. Health and Status say
+    // NOT_SERVING / not ready first, so that whoever watches them stops sending, then the
+    // servers stop accepting and drain the calls in flight (the pipeline still runs).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    {
+        let (health, state, metrics) = (health.clone(), state.clone(), metrics.clone());
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            state.ready.store(false, Ordering::Release);
+            metrics.ready.set(0);
+            health
+                .set_not_serving::<FraudScoringServer<ScoringService>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            let _ = stop_tx.send(true);
+        });
+    }
 
     let grpc = start_grpc(&config, state.clone(), health_service, stop_rx.clone()).await?;
     let http = start_metrics(config.metrics_listen, metrics.clone(), stop_rx.clone()).await?;
@@ -334,7 +347,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
 
-    // Run until the signal; the gRPC server then drains in-flight calls.
+    // Run until the signal; the gRPC server then drains in-flight calls. NOT_SERVING once
+    // more: a signal during warm-up can race the SERVING set just above.
     grpc.task.await??;
     state.ready.store(false, Ordering::Release);
     metrics.ready.set(0);
