@@ -1,7 +1,8 @@
 //! `fraudgraph serve` as a gateway sees it: the whole contract over a real gRPC socket,
 //! health and reflection, validation errors naming the field, idempotent apply, the GBDT
 //! answering inside the deadline when the GNN is slow, metrics, graceful shutdown with a
-//! snapshot and a restart from it, and calls in flight at SIGTERM answered before the exit.
+//! snapshot and a restart from it, calls in flight at SIGTERM answered before the exit, and
+//! the limits on message size and concurrent streams per connection.
 
 mod serve_support;
 
@@ -380,4 +381,81 @@ async fn sigterm_drains_the_calls_in_flight_before_the_exit() {
     let log = serve.log();
     assert!(log.contains("draining in-flight calls"), "{log}");
     assert!(log.contains("graph snapshot written"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_size_and_concurrent_stream_limits_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        r#", "limits": {"max_message_bytes": 4096, "max_concurrent_streams": 2}"#,
+    );
+    let world = World::simulate(SIM, SEED);
+    let held_out = &world.transactions[WARM as usize..];
+    let mut serve = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    serve.wait_serving(Duration::from_secs(120)).await;
+    let mut client = serve.client();
+    let item = |t: &Transaction| ScoreRequest {
+        transaction: Some(t.clone()),
+        apply_to_graph: false,
+    };
+
+    // At most two streams at once on a connection: two open ScoreStreams (each has sent
+    // one transaction and stays open while its sender lives) hold a third back until one
+    // of them ends.
+    let open = |t: &Transaction| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(item(t)).unwrap();
+        (tx, tokio_stream::wrappers::ReceiverStream::new(rx))
+    };
+    let (first_tx, first_rx) = open(&held_out[1]);
+    let (second_tx, second_rx) = open(&held_out[2]);
+    let mut first = client.score_stream(first_rx).await.unwrap().into_inner();
+    let mut second = client.score_stream(second_rx).await.unwrap().into_inner();
+    assert!(first.message().await.unwrap().is_some());
+    assert!(second.message().await.unwrap().is_some());
+    let mut third_client = client.clone();
+    let third_item = held_out[3].clone();
+    let third = tokio::spawn(async move {
+        let mut out = third_client
+            .score_stream(tokio_stream::iter([item(&third_item)]))
+            .await?
+            .into_inner();
+        out.message().await
+    });
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        !third.is_finished(),
+        "a third stream ran beside two open ones"
+    );
+    drop(first_tx);
+    assert!(
+        first.message().await.unwrap().is_none(),
+        "the first stream ends"
+    );
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third stream runs once the first has ended")
+        .unwrap()
+        .unwrap()
+        .expect("an answer");
+    assert_eq!(answer.txn_id, held_out[3].txn_id);
+    drop(second_tx);
+    assert!(second.message().await.unwrap().is_none());
+
+    // A message over max_message_bytes is refused, saying so; a small one goes through.
+    client
+        .score(request(&held_out[0], Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let big = ScoreBatchRequest {
+        requests: held_out[..40].iter().map(item).collect(),
+    };
+    let e = client.score_batch(big).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{e:?}"
+    );
+    assert!(e.message().contains("4096"), "{}", e.message());
 }
