@@ -298,8 +298,13 @@ impl Aggregates {
     }
 
     /// The aggregates decayed forward to `t_ms` (which must not be before
-    /// `l_ms`).
+    /// `l_ms`); all zeros when nothing has been added yet.
     pub fn at(&self, t_ms: i64) -> [f32; 8] {
+        if self.l_ms == i64::MIN {
+            // Empty: `t_ms - l_ms` would overflow (a panic in debug builds, a sampler
+            // thread lost with it).
+            return self.v;
+        }
         let decay = Self::decay((t_ms - self.l_ms).max(0));
         let mut out = self.v;
         for i in 0..8 {
@@ -1181,6 +1186,16 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_aggregates_read_as_zeros_at_any_time() {
+        let empty = Aggregates::new();
+        assert_eq!(empty.at(1_767_225_600_000), [0.0; 8]);
+        assert_eq!(empty.at(0), [0.0; 8]);
+        let mut one = Aggregates::new();
+        one.add(1_000, 5.0);
+        assert_eq!(one.at(1_000)[0], 1.0, "a count of one, not yet decayed");
+    }
 
     fn edge(nbr: u32, last_s: u32) -> Edge {
         Edge::new(NodeRef(nbr), last_s, 1.0)
