@@ -159,6 +159,10 @@ pub struct IngestConfig {
     /// Score every transaction consumed from Kafka and write the decision to
     /// `decisions_topic`.
     pub score_on_ingest: bool,
+    /// The latency budget of a score on ingest, milliseconds. Nobody waits on it, so it is
+    /// far longer than a gateway's: it only bounds how long a decision may queue behind
+    /// the gateways' calls (and a replay's backlog) before the GBDT gives it instead.
+    pub score_on_ingest_deadline_ms: u64,
     /// Records buffered between the poller and the applier.
     pub queue_capacity: usize,
     /// How often consumed offsets are committed to the group, milliseconds.
@@ -179,6 +183,7 @@ impl Default for IngestConfig {
             dead_letter_topic: topics::DEAD_LETTER.into(),
             decisions_topic: topics::DECISIONS.into(),
             score_on_ingest: false,
+            score_on_ingest_deadline_ms: 2_000,
             queue_capacity: 10_000,
             commit_interval_ms: 1000,
             create_topics: true,
@@ -212,6 +217,9 @@ impl IngestConfig {
         }
         if self.queue_capacity == 0 {
             bail!("kafka.queue_capacity must be at least 1");
+        }
+        if self.score_on_ingest_deadline_ms == 0 {
+            bail!("kafka.score_on_ingest_deadline_ms must be at least 1");
         }
         if self.partitions < 1 {
             bail!(
@@ -708,6 +716,8 @@ struct Outcomes {
     transactions_dead_lettered: IntCounter,
     label: IntCounter,
     labels_dead_lettered: IntCounter,
+    /// Applied transactions the score-on-ingest queue had no room for.
+    decisions_dropped: IntCounter,
 }
 
 impl Outcomes {
@@ -725,6 +735,7 @@ impl Outcomes {
             transactions_dead_lettered: c(t, "dead_lettered"),
             label: c(l, "label"),
             labels_dead_lettered: c(l, "dead_lettered"),
+            decisions_dropped: metrics.decisions_dropped.with_label_values(&["queue_full"]),
         }
     }
 }
@@ -854,8 +865,11 @@ impl Applier {
                 self.outcomes.applied.inc();
                 self.labels.remember(txn);
                 if let Some(tx) = &self.on_applied {
-                    // Full or gone: scoring on ingest skips this one, ingestion goes on.
-                    let _ = tx.try_send(txn.clone());
+                    // Full (a replay's backlog outruns scoring) or gone: this one gets no
+                    // decision, counted; ingestion never waits for scoring.
+                    if tx.try_send(txn.clone()).is_err() {
+                        self.outcomes.decisions_dropped.inc();
+                    }
                 }
             }
             ApplyOutcome::Duplicate => self.outcomes.duplicate.inc(),

@@ -60,6 +60,14 @@ pub struct Metrics {
     pub kafka_merge_gave_up: IntCounter,
     /// `fraudgraph_decisions_produced_total`: decisions written to the decisions topic.
     pub decisions_produced: IntCounter,
+    /// `fraudgraph_decisions_dropped_total{reason}`: applied transactions that got no
+    /// decision on the decisions topic: `queue_full` (the applier found the score-on-ingest
+    /// queue full and went on), `no_score` (scoring failed), `not_produced` (the producer
+    /// refused the record).
+    pub decisions_dropped: IntCounterVec,
+    /// `fraudgraph_sampler_panics_total`: requests on which a sampler thread panicked (a
+    /// bug: the request got no score, the thread went on).
+    pub sampler_panics: IntCounter,
     /// `fraudgraph_labels{outcome}`: labels credited to their transaction's entities
     /// (`credited`), or not (`unknown`: the transaction was forgotten or already labelled).
     pub labels: IntGaugeVec,
@@ -210,6 +218,15 @@ impl Metrics {
             decisions_produced: counter(
                 "fraudgraph_decisions_produced_total",
                 "Decisions written to the decisions topic.",
+            ),
+            sampler_panics: counter(
+                "fraudgraph_sampler_panics_total",
+                "Requests on which a sampler thread panicked (a bug); the thread went on.",
+            ),
+            decisions_dropped: counter_vec(
+                "fraudgraph_decisions_dropped_total",
+                "Applied transactions that got no decision on the decisions topic, by reason.",
+                &["reason"],
             ),
             labels: gauge_vec(
                 "fraudgraph_labels",

@@ -4,7 +4,8 @@
 //! restart from the last snapshot that loses nothing and applies nothing twice; a broker
 //! that stops answering for a while, during which scoring (and applying) over gRPC, health,
 //! Status and /metrics stay up, and after which consumption resumes with every transaction
-//! applied once, those a Score call applied first included.
+//! applied once, those a Score call applied first included; score-on-ingest writing one
+//! decision per consumed transaction to the decisions topic.
 //!
 //! Records are produced one per batch: tansu 0.6 answers a fetch that starts inside a
 //! batch with the batches after it only, so a consumer resuming mid-batch (after a pause
@@ -39,10 +40,15 @@ async fn create_topics(brokers: &str) {
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
-    let new: Vec<_> = [topics::TRANSACTIONS, topics::LABELS, topics::DEAD_LETTER]
-        .iter()
-        .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
-        .collect();
+    let new: Vec<_> = [
+        topics::TRANSACTIONS,
+        topics::LABELS,
+        topics::DEAD_LETTER,
+        topics::DECISIONS,
+    ]
+    .iter()
+    .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
+    .collect();
     for r in admin
         .create_topics(&new, &AdminOptions::new())
         .await
@@ -593,5 +599,100 @@ async fn a_stalled_broker_leaves_scoring_up_and_consumption_resumes_without_loss
         serve.log()
     );
     assert_eq!(after.kafka.unwrap().dead_lettered, 0);
+    assert!(serve.terminate().success(), "{}", serve.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn score_on_ingest_writes_one_decision_per_consumed_transaction() {
+    use fraudgraph_proto::v1::ScoreResponse;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let world = World::simulate(6_000, SEED + 3);
+    let txns = &world.transactions;
+    create_topics(&tansu.brokers).await;
+    let p = producer(&tansu.brokers);
+    // A backlog the service scores while it catches up: 6,000 decisions wanted at once,
+    // far more than the gateways' 50 ms budget could give (one in ten did).
+    produce(&p, txns);
+    let cfg = dir.path().join("decide.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{ "kafka": {{"brokers": "{}", "group_id": "decide", "partitions": 3,
+                 "score_on_ingest": true}} }}"#,
+            tansu.brokers
+        ),
+    )
+    .unwrap();
+    let mut serve = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    serve.wait_serving(Duration::from_secs(180)).await;
+    let served = txn_ids_in_topic(&tansu.brokers);
+    let n = served.len() as u64;
+    assert_eq!(
+        wait_transactions(&serve, n, Duration::from_secs(60)).await,
+        n,
+        "{}",
+        serve.log()
+    );
+
+    // Every applied transaction's decision, keyed by its account, as protobuf.
+    let account: std::collections::HashMap<&str, &str> = txns
+        .iter()
+        .map(|t| (t.txn_id.as_str(), t.account_id.as_str()))
+        .collect();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.brokers)
+        .set("group.id", "decisions-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..3 {
+        assignment
+            .add_partition_offset(topics::DECISIONS, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut decided = HashSet::new();
+    let mut by_model = [0u64; 3];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (decided.len() as u64) < n && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let r: ScoreResponse = prost::Message::decode(m.payload().unwrap()).unwrap();
+        assert!(served.contains(&r.txn_id), "a decision for {}", r.txn_id);
+        assert_eq!(
+            m.key(),
+            Some(account[r.txn_id.as_str()].as_bytes()),
+            "keyed by account"
+        );
+        assert!((0.0..=1.0).contains(&r.score));
+        by_model[r.model.clamp(0, 2) as usize] += 1;
+        decided.insert(r.txn_id);
+    }
+    assert_eq!(
+        decided.len() as u64,
+        n,
+        "decisions for {} of {n} transactions\n{}",
+        decided.len(),
+        serve.log()
+    );
+    assert!(
+        by_model[ModelKind::Gnn as usize] > n / 2,
+        "the GNN decides most: {by_model:?}"
+    );
+    let metrics = serve.scrape().await;
+    assert!(
+        metrics.contains(&format!("fraudgraph_decisions_produced_total {n}")),
+        "{metrics}"
+    );
+    let dropped: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("fraudgraph_decisions_dropped_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(dropped.is_empty(), "{dropped:?}");
     assert!(serve.terminate().success(), "{}", serve.log());
 }

@@ -34,7 +34,7 @@ use crate::ingest::{DecisionProducer, Ingest};
 use crate::labels::LabelBook;
 use crate::live_graph::LiveGraph;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, ScoreError};
 use crate::server::{ScoringService, ServerState};
 
 /// The committed default artifact, embedded so the binary serves on its own.
@@ -288,7 +288,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             let (kafka, m) = (config.kafka.clone(), metrics.clone());
             let producer =
                 tokio::task::spawn_blocking(move || DecisionProducer::connect(&kafka, m)).await??;
-            decisions_thread = Some(start_decisions(rx, producer, pipeline.clone()));
+            decisions_thread = Some(start_decisions(
+                rx,
+                producer,
+                pipeline.clone(),
+                Duration::from_millis(config.kafka.score_on_ingest_deadline_ms),
+                metrics.clone(),
+            ));
         }
         *state.ingest.lock() = Some(ingest);
         let started = Instant::now();
@@ -526,11 +532,20 @@ pub(crate) fn warm_from_simulation(
     Ok(())
 }
 
+/// How long a score on ingest refused for a full sampler queue waits before it asks again.
+const DECISION_RETRY: Duration = Duration::from_millis(20);
+
 /// Scores consumed transactions and writes decisions (score-on-ingest), off the applier.
+/// Each score has `budget` (`kafka.score_on_ingest_deadline_ms`): nobody waits on it, so
+/// a score refused because the sampler queue is full (gateways' calls, a replay's backlog)
+/// asks again until its budget is spent. A transaction that still gets no score, or whose
+/// decision the producer refuses, is counted in `fraudgraph_decisions_dropped_total`.
 fn start_decisions(
     rx: crossbeam_channel::Receiver<Transaction>,
     producer: DecisionProducer,
     pipeline: Arc<Pipeline>,
+    budget: Duration,
+    metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
     let handle = tokio::runtime::Handle::current();
     std::thread::Builder::new()
@@ -542,17 +557,40 @@ fn start_decisions(
                 let Ok(permit) = handle.block_on(limit.clone().acquire_owned()) else {
                     break;
                 };
-                let (pipeline, producer) = (pipeline.clone(), producer.clone());
+                let (pipeline, producer, metrics) =
+                    (pipeline.clone(), producer.clone(), metrics.clone());
                 handle.spawn(async move {
                     let account = txn.account_id.clone();
-                    let deadline = Instant::now() + pipeline.default_deadline();
-                    match pipeline.score(txn, false, deadline, false).await {
+                    let deadline = Instant::now() + budget;
+                    let scored = loop {
+                        match pipeline.score(txn.clone(), false, deadline, false).await {
+                            Err(ScoreError::Overloaded(_))
+                                if Instant::now() + DECISION_RETRY < deadline =>
+                            {
+                                tokio::time::sleep(DECISION_RETRY).await;
+                            }
+                            other => break other,
+                        }
+                    };
+                    let dropped = |reason: &str| {
+                        let c = metrics.decisions_dropped.with_label_values(&[reason]);
+                        c.inc();
+                        // The first and then every power of two: a flood cannot flood the log.
+                        c.get().is_power_of_two()
+                    };
+                    match scored {
                         Ok(scored) => {
-                            if let Err(e) = producer.send(&account, &scored.response) {
+                            if let Err(e) = producer.send(&account, &scored.response)
+                                && dropped("not_produced")
+                            {
                                 tracing::warn!(error = %format!("{e:#}"), "decision not produced");
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "score-on-ingest failed"),
+                        Err(e) => {
+                            if dropped("no_score") {
+                                tracing::warn!(error = %e, "score-on-ingest failed");
+                            }
+                        }
                     }
                     drop(permit);
                 });

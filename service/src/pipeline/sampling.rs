@@ -45,10 +45,35 @@ impl SamplerWorker {
         let mut rows = Vec::new();
         let depth = self.metrics.queue_depth.with_label_values(&["inference"]);
         while let Ok(job) = self.jobs.recv() {
+            // A bug that panics on one request costs that request (its caller gets no
+            // score: the reply is dropped), not this thread and every request after it.
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.handle(job, gbdt.as_ref(), &mut rows, &depth)
+            }));
+            if handled.is_err() {
+                self.metrics.sampler_panics.inc();
+                // The panic message itself went to stderr; it is not repeated here, since
+                // it could hold a request's identifiers.
+                tracing::error!("a sampler thread panicked on a request; it goes on");
+                rows.clear();
+            }
+        }
+    }
+
+    /// Samples one request, scores it with the GBDT, applies it when asked and hands its
+    /// subgraph to the GNN queue; the reply goes to the request's caller.
+    fn handle(
+        &self,
+        job: SampleJob,
+        gbdt: Option<&Gbdt>,
+        rows: &mut Vec<f32>,
+        depth: &prometheus::IntGauge,
+    ) {
+        {
             let picked = Instant::now();
             let sub = sample(self.live.graph(), &job.txn, &self.sampler);
-            let gbdt_score = match &gbdt {
-                Some(g) => score_gbdt(g, std::slice::from_ref(&sub), &mut rows)
+            let gbdt_score = match gbdt {
+                Some(g) => score_gbdt(g, std::slice::from_ref(&sub), rows)
                     .map(|s| s[0] as f32)
                     .map_err(|e| e.to_string()),
                 None => Err("the GBDT is not loaded".to_owned()),
