@@ -1,8 +1,9 @@
 //! `fraudgraph serve` as a gateway sees it: the whole contract over a real gRPC socket,
 //! health and reflection, validation errors naming the field, idempotent apply, the GBDT
 //! answering inside the deadline when the GNN is slow, metrics, graceful shutdown with a
-//! snapshot and a restart from it, calls in flight at SIGTERM answered before the exit, and
-//! the limits on message size and concurrent streams per connection.
+//! snapshot and a restart from it, calls in flight at SIGTERM answered before the exit,
+//! the limits on message size and concurrent streams per connection, and a corrupt
+//! snapshot refused at start with an error naming the file.
 
 mod serve_support;
 
@@ -458,4 +459,53 @@ async fn the_message_size_and_concurrent_stream_limits_hold() {
         "{e:?}"
     );
     assert!(e.message().contains("4096"), "{}", e.message());
+}
+
+#[test]
+fn a_corrupt_snapshot_is_refused_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let snapshot = dir.path().join("graph.snap");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fraudgraph"))
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", serve_support::free_port()),
+            ])
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", serve_support::free_port()),
+            ])
+            .output()
+            .expect("fraudgraph serve runs")
+    };
+
+    // Not a snapshot at all, then a real one's header with its body cut short.
+    std::fs::write(&snapshot, b"these bytes are not a graph snapshot").unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("reading the graph snapshot")
+            && stderr.contains("not a fraudgraph snapshot"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(snapshot.to_str().unwrap()), "{stderr}");
+
+    let graph = fraudgraph_sampler::graph::Graph::new(Default::default());
+    for t in World::simulate(2_000, SEED).transactions.iter() {
+        graph.apply(t);
+    }
+    graph
+        .write_snapshot(&snapshot, &Default::default())
+        .unwrap();
+    let whole = std::fs::read(&snapshot).unwrap();
+    std::fs::write(&snapshot, &whole[..whole.len() / 2]).unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("corrupt or truncated"), "{stderr}");
+    // Refused, not replaced: the file is left for whoever investigates.
+    assert_eq!(std::fs::read(&snapshot).unwrap().len(), whole.len() / 2);
 }
