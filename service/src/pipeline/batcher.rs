@@ -108,10 +108,15 @@ impl Batcher {
                 });
             }
             self.metrics.batch_size.observe(waiters.len() as f64);
-            buffer.batch.collate(&buffer.subs, self.max_sequence);
-            let tensors = BatchTensors::from_batch(&buffer.batch, Device::Cpu)
-                .and_then(|host| host.to_device_staged(self.device))
-                .map_err(|e| e.to_string());
+            // A panic here (a bug) fails this batch, like a failed forward pass, instead of
+            // losing the thread and the buffer with it.
+            let tensors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                buffer.batch.collate(&buffer.subs, self.max_sequence);
+                BatchTensors::from_batch(&buffer.batch, Device::Cpu)
+                    .and_then(|host| host.to_device_staged(self.device))
+                    .map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|_| Err("collating the batch panicked".to_owned()));
             let staged = Staged {
                 buffer,
                 tensors,
