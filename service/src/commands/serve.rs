@@ -20,7 +20,7 @@ use fraudgraph_models::artifact::{Artifact, GBDT_FILE, MANIFEST_FILE, WEIGHTS_FI
 use fraudgraph_models::net::Precision;
 use fraudgraph_proto::v1::fraud_scoring_server::FraudScoringServer;
 use fraudgraph_proto::v1::stream_record::Record;
-use fraudgraph_proto::v1::{ModelInfo, ModelKind, Transaction};
+use fraudgraph_proto::v1::{ModelInfo, ModelKind, ScoreResponse, Transaction};
 use fraudgraph_sampler::graph::{ApplyOutcome, Graph};
 use fraudgraph_sampler::snapshot::Offsets;
 use fraudgraph_simulator::{SimConfig, Simulation};
@@ -535,11 +535,23 @@ pub(crate) fn warm_from_simulation(
 /// How long a score on ingest refused for a full sampler queue waits before it asks again.
 const DECISION_RETRY: Duration = Duration::from_millis(20);
 
+/// Counts a transaction left without a decision for `reason`; true when it should be
+/// logged (the first and then every power of two: a flood cannot flood the log).
+fn decision_dropped(metrics: &Metrics, reason: &str) -> bool {
+    let c = metrics.decisions_dropped.with_label_values(&[reason]);
+    c.inc();
+    c.get().is_power_of_two()
+}
+
 /// Scores consumed transactions and writes decisions (score-on-ingest), off the applier.
 /// Each score has `budget` (`kafka.score_on_ingest_deadline_ms`): nobody waits on it, so
 /// a score refused because the sampler queue is full (gateways' calls, a replay's backlog)
-/// asks again until its budget is spent. A transaction that still gets no score, or whose
-/// decision the producer refuses, is counted in `fraudgraph_decisions_dropped_total`.
+/// asks again until its budget is spent. Scores run as tasks on the runtime (at most 256
+/// at once); producing a decision can wait on librdkafka's queue, so a thread of its own
+/// (`decisions-producer`) does it, and a score's slot is freed once its decision is
+/// queued. A transaction that still gets no score, or whose decision the producer refuses,
+/// is counted in `fraudgraph_decisions_dropped_total`. The returned thread ends once every
+/// decision is produced and flushed.
 fn start_decisions(
     rx: crossbeam_channel::Receiver<Transaction>,
     producer: DecisionProducer,
@@ -547,18 +559,37 @@ fn start_decisions(
     budget: Duration,
     metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
+    type Decided = (String, ScoreResponse, tokio::sync::OwnedSemaphorePermit);
+    // Never holds more than the 256 permits allow.
+    let (decided_tx, decided_rx) = crossbeam_channel::unbounded::<Decided>();
+    let producing = {
+        let metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("decisions-producer".into())
+            .spawn(move || {
+                for (account, response, permit) in decided_rx {
+                    if let Err(e) = producer.send(&account, &response)
+                        && decision_dropped(&metrics, "not_produced")
+                    {
+                        tracing::warn!(error = %format!("{e:#}"), "decision not produced");
+                    }
+                    drop(permit);
+                }
+                let _ = producer.flush(Duration::from_secs(10));
+            })
+            .expect("spawning the decisions producer thread")
+    };
     let handle = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("decisions".into())
         .spawn(move || {
-            let producer = Arc::new(producer);
             let limit = Arc::new(tokio::sync::Semaphore::new(256));
             while let Ok(txn) = rx.recv() {
                 let Ok(permit) = handle.block_on(limit.clone().acquire_owned()) else {
                     break;
                 };
-                let (pipeline, producer, metrics) =
-                    (pipeline.clone(), producer.clone(), metrics.clone());
+                let (pipeline, decided, metrics) =
+                    (pipeline.clone(), decided_tx.clone(), metrics.clone());
                 handle.spawn(async move {
                     let account = txn.account_id.clone();
                     let deadline = Instant::now() + budget;
@@ -572,30 +603,22 @@ fn start_decisions(
                             other => break other,
                         }
                     };
-                    let dropped = |reason: &str| {
-                        let c = metrics.decisions_dropped.with_label_values(&[reason]);
-                        c.inc();
-                        // The first and then every power of two: a flood cannot flood the log.
-                        c.get().is_power_of_two()
-                    };
                     match scored {
+                        // Unbounded and alive until every task has ended: cannot fail.
                         Ok(scored) => {
-                            if let Err(e) = producer.send(&account, &scored.response)
-                                && dropped("not_produced")
-                            {
-                                tracing::warn!(error = %format!("{e:#}"), "decision not produced");
-                            }
+                            let _ = decided.send((account, scored.response, permit));
                         }
                         Err(e) => {
-                            if dropped("no_score") {
+                            if decision_dropped(&metrics, "no_score") {
                                 tracing::warn!(error = %e, "score-on-ingest failed");
                             }
                         }
                     }
-                    drop(permit);
                 });
             }
-            let _ = producer.flush(Duration::from_secs(10));
+            // The producer thread ends when the last task has handed over its decision.
+            drop(decided_tx);
+            let _ = producing.join();
         })
         .expect("spawning the decisions thread")
 }
