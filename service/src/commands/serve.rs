@@ -384,10 +384,12 @@ async fn shutdown(
             Some(i) => i.shutdown().context("stopping the Kafka consumer")?,
             None => Offsets::new(),
         };
-        pipeline.shutdown();
+        // The consumer has stopped, so no new decisions; those in flight still need the
+        // pipeline, which stops after them.
         if let Some(d) = decisions {
             let _ = d.join();
         }
+        pipeline.shutdown();
         if let Some(path) = &config.snapshot.path {
             write_snapshot(&live, path, || offsets, &metrics)?;
         }
