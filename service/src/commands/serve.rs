@@ -6,8 +6,9 @@
 //! (Kafka caught up, or simulated history applied) → SERVING.
 //!
 //! Shutdown on SIGTERM or Ctrl-C: health NOT_SERVING, stop accepting and drain in-flight
-//! calls, stop the pipeline, stop the Kafka consumer (committing what was applied), write
-//! the graph snapshot with the offsets it reflects.
+//! calls, stop the Kafka consumer (committing what was applied), let score-on-ingest
+//! decisions in flight finish, stop the pipeline, write the graph snapshot with the offsets
+//! it reflects.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -366,7 +367,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     shutdown(running, decisions_thread).await
 }
 
-/// Stops the pipeline and the consumer and writes the final snapshot.
+/// Stops the consumer, the score-on-ingest decisions and the pipeline, in that order, and
+/// writes the final snapshot.
 async fn shutdown(
     running: Running,
     decisions: Option<std::thread::JoinHandle<()>>,
