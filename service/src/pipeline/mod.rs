@@ -60,7 +60,7 @@ pub enum ScoreError {
     /// The pipeline is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// The GBDT failed and the GNN did not answer.
+    /// The GBDT failed and the GNN did not answer, or sampling failed (a panic).
     #[error("scoring failed: {0}")]
     Internal(String),
 }
@@ -293,7 +293,13 @@ impl Pipeline {
 
         let sampled = match tokio::time::timeout_at(answer_by.into(), sampled).await {
             Ok(Ok(s)) => s,
-            Ok(Err(_)) => return Err(ScoreError::ShuttingDown),
+            // The sampler let the job go unanswered: it is stopping, or it panicked on it.
+            Ok(Err(_)) if self.jobs.read().is_none() => return Err(ScoreError::ShuttingDown),
+            Ok(Err(_)) => {
+                return Err(ScoreError::Internal(
+                    "sampling this transaction failed (fraudgraph_sampler_panics_total)".into(),
+                ));
+            }
             Err(_) => return Err(ScoreError::DeadlineExceeded),
         };
 
