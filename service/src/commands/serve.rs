@@ -231,12 +231,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_not_serving::<FraudScoringServer<ScoringService>>()
-        .await;
+    report_readiness(&health, &state, &metrics, false).await;
 
     // Shutdown signal, shared by the servers and the periodic tasks. Health and Status say
     // NOT_SERVING / not ready first, so that whoever watches them stops sending, then the
@@ -247,14 +242,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-            state.ready.store(false, Ordering::Release);
-            metrics.ready.set(0);
-            health
-                .set_not_serving::<FraudScoringServer<ScoringService>>()
-                .await;
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            report_readiness(&health, &state, &metrics, false).await;
             let _ = stop_tx.send(true);
         });
     }
@@ -330,12 +318,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     metrics.observe_graph(&live.graph().stats());
 
     if !*stop_rx.borrow() {
-        health
-            .set_serving::<FraudScoringServer<ScoringService>>()
-            .await;
-        health.set_service_status("", ServingStatus::Serving).await;
-        state.ready.store(true, Ordering::Release);
-        metrics.ready.set(1);
+        report_readiness(&health, &state, &metrics, true).await;
         print_banner(&config, grpc.local, http.local);
     }
 
@@ -357,14 +340,35 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Run until the signal; the gRPC server then drains in-flight calls. NOT_SERVING once
     // more: a signal during warm-up can race the SERVING set just above.
     grpc.task.await??;
-    state.ready.store(false, Ordering::Release);
-    metrics.ready.set(0);
-    health
-        .set_not_serving::<FraudScoringServer<ScoringService>>()
-        .await;
+    report_readiness(&health, &state, &metrics, false).await;
     let _ = maintenance.await;
     let _ = http.task.await;
     shutdown(running, decisions_thread).await
+}
+
+/// Says whether the replica serves, everywhere that is read: gRPC health (the whole server
+/// and the scoring service), Status's `ready`, and the `fraudgraph_ready` gauge.
+async fn report_readiness(
+    health: &tonic_health::server::HealthReporter,
+    state: &ServerState,
+    metrics: &Metrics,
+    serving: bool,
+) {
+    if serving {
+        health
+            .set_serving::<FraudScoringServer<ScoringService>>()
+            .await;
+        health.set_service_status("", ServingStatus::Serving).await;
+    } else {
+        health
+            .set_not_serving::<FraudScoringServer<ScoringService>>()
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+    state.ready.store(serving, Ordering::Release);
+    metrics.ready.set(i64::from(serving));
 }
 
 /// Stops the consumer, the score-on-ingest decisions and the pipeline, in that order, and

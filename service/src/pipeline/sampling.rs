@@ -69,51 +69,47 @@ impl SamplerWorker {
         rows: &mut Vec<f32>,
         depth: &prometheus::IntGauge,
     ) {
-        {
-            let picked = Instant::now();
-            let sub = sample(self.live.graph(), &job.txn, &self.sampler);
-            let gbdt_score = match gbdt {
-                Some(g) => score_gbdt(g, std::slice::from_ref(&sub), rows)
-                    .map(|s| s[0] as f32)
-                    .map_err(|e| e.to_string()),
-                None => Err("the GBDT is not loaded".to_owned()),
-            };
-            // Sampled first, applied after: the transaction's own edges are not part of its
-            // own neighbourhood, exactly as in training replay.
-            if job.apply && self.live.apply(&job.txn) == ApplyOutcome::Applied {
-                self.labels.remember(&job.txn);
-            }
-            let sampled_at = Instant::now();
-            let subgraph = job.keep_subgraph.then(|| Arc::new(sub.clone()));
-
-            let gnn = if !self.gnn_ready.load(Ordering::Acquire) {
-                GnnTicket::Skipped(FallbackReason::NotReady)
-            } else if job.reply.is_closed() || sampled_at >= job.answer_by {
-                GnnTicket::Skipped(FallbackReason::Timeout)
-            } else {
-                let (reply, rx) = oneshot::channel();
-                let item = InferItem {
-                    sub,
-                    answer_by: job.answer_by,
-                    enqueued: sampled_at,
-                    reply,
-                };
-                match self.gnn.try_send(item) {
-                    Ok(()) => GnnTicket::Pending(rx),
-                    Err(TrySendError::Full(_)) => GnnTicket::Skipped(FallbackReason::Overload),
-                    Err(TrySendError::Disconnected(_)) => {
-                        GnnTicket::Skipped(FallbackReason::NotReady)
-                    }
-                }
-            };
-            depth.set(self.gnn.len() as i64);
-            let _ = job.reply.send(Sampled {
-                gbdt: gbdt_score,
-                queue_us: micros(picked - job.received),
-                sample_us: micros(sampled_at - picked),
-                gnn,
-                subgraph,
-            });
+        let picked = Instant::now();
+        let sub = sample(self.live.graph(), &job.txn, &self.sampler);
+        let gbdt_score = match gbdt {
+            Some(g) => score_gbdt(g, std::slice::from_ref(&sub), rows)
+                .map(|s| s[0] as f32)
+                .map_err(|e| e.to_string()),
+            None => Err("the GBDT is not loaded".to_owned()),
+        };
+        // Sampled first, applied after: the transaction's own edges are not part of its
+        // own neighbourhood, exactly as in training replay.
+        if job.apply && self.live.apply(&job.txn) == ApplyOutcome::Applied {
+            self.labels.remember(&job.txn);
         }
+        let sampled_at = Instant::now();
+        let subgraph = job.keep_subgraph.then(|| Arc::new(sub.clone()));
+
+        let gnn = if !self.gnn_ready.load(Ordering::Acquire) {
+            GnnTicket::Skipped(FallbackReason::NotReady)
+        } else if job.reply.is_closed() || sampled_at >= job.answer_by {
+            GnnTicket::Skipped(FallbackReason::Timeout)
+        } else {
+            let (reply, rx) = oneshot::channel();
+            let item = InferItem {
+                sub,
+                answer_by: job.answer_by,
+                enqueued: sampled_at,
+                reply,
+            };
+            match self.gnn.try_send(item) {
+                Ok(()) => GnnTicket::Pending(rx),
+                Err(TrySendError::Full(_)) => GnnTicket::Skipped(FallbackReason::Overload),
+                Err(TrySendError::Disconnected(_)) => GnnTicket::Skipped(FallbackReason::NotReady),
+            }
+        };
+        depth.set(self.gnn.len() as i64);
+        let _ = job.reply.send(Sampled {
+            gbdt: gbdt_score,
+            queue_us: micros(picked - job.received),
+            sample_us: micros(sampled_at - picked),
+            gnn,
+            subgraph,
+        });
     }
 }
