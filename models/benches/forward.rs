@@ -9,13 +9,17 @@
 //! - `reference/<B>`: the reference pass alone (`forward_reference`, likewise), the
 //!   forward pass `predict` ran before the fused one existed;
 //! - `predict_each/64`: `predict` on each of the 64 subgraphs in a batch of its own, one
-//!   after the other (what serving at a moderate rate runs; divide by 64 for one pass).
+//!   after the other (what serving at a moderate rate runs; divide by 64 for one pass);
+//! - `native/<B>` and `native_each/64`: the same with [`NativeNet::predict`], the pass
+//!   without libtorch, which reads the collated batch itself (the libtorch benches start
+//!   from tensors already made; serving makes them from the same batch).
 //!
 //! `cargo bench -p fraudgraph-models --bench forward`. For a clean "before" figure run
 //! `-- reference` on its own: the fused pass raises glibc's malloc trim threshold for the
 //! process (see `keep_freed_memory` in `net.rs`), which would help the reference too.
 //!
 //! [`HybridFraudNet::predict`]: fraudgraph_models::net::HybridFraudNet::predict
+//! [`NativeNet::predict`]: fraudgraph_models::net::NativeNet::predict
 
 use std::hint::black_box;
 use std::path::Path;
@@ -59,6 +63,7 @@ fn benches(c: &mut Criterion) {
     let mut by_size = subs;
     by_size.sort_by_key(|s| s.edge_count());
 
+    let native = net.native().expect("the artifact's weights copy");
     let mut group = c.benchmark_group("forward");
     for size in [1usize, 2, 8, 64] {
         let mut batch = Batch::default();
@@ -84,21 +89,35 @@ fn benches(c: &mut Criterion) {
                 black_box(net.forward_reference(t, false).expect("runs").sigmoid())
             })
         });
+        group.bench_with_input(BenchmarkId::new("native", size), &batch, |b, batch| {
+            b.iter(|| black_box(native.predict(batch).expect("predicts")))
+        });
     }
     // Serving at a moderate rate: every one of the 64 subgraphs (small and large) in a batch
     // of its own, one after the other; the time is for all 64 passes.
-    let singles: Vec<BatchTensors> = by_size
+    let single_batches: Vec<Batch> = by_size
         .iter()
         .map(|sub| {
             let mut batch = Batch::default();
             batch.collate(std::slice::from_ref(sub), artifact.manifest.max_sequence);
-            BatchTensors::from_batch(&batch, Device::Cpu).expect("valid batch")
+            batch
         })
+        .collect();
+    let singles: Vec<BatchTensors> = single_batches
+        .iter()
+        .map(|batch| BatchTensors::from_batch(batch, Device::Cpu).expect("valid batch"))
         .collect();
     group.bench_function("predict_each/64", |b| {
         b.iter(|| {
             for t in &singles {
                 let _ = black_box(net.predict(t).expect("predicts"));
+            }
+        })
+    });
+    group.bench_function("native_each/64", |b| {
+        b.iter(|| {
+            for batch in &single_batches {
+                let _ = black_box(native.predict(batch).expect("predicts"));
             }
         })
     });

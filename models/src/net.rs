@@ -49,6 +49,9 @@ use tch::{Device, Kind, Tensor};
 use crate::inference_mode::InferenceMode;
 use crate::tensors::{BatchTensors, NODE_TYPES};
 
+mod native;
+pub use native::NativeNet;
+
 /// Hidden-sized vectors the readout concatenates: the target account's skip and final
 /// embedding, the transaction's other own entities (device, IP, merchant, card), a
 /// transfer's receiver, and the mean of every node type.

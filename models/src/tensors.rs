@@ -78,25 +78,20 @@ fn index_range(what: impl Into<String>, max: Option<u32>, rows: usize) -> Result
     }
 }
 
-/// One optional row per subgraph (`b` of them), each below `rows` or [`NO_ROW`], as the
-/// `i64` indices the model takes (`-1` for none).
+/// Checks one optional row per subgraph (`b` of them), each below `rows` or [`NO_ROW`].
 fn optional_rows(
     what: impl Into<String>,
     batch_rows: &[u32],
     b: usize,
     rows: usize,
-) -> Result<Vec<i64>, NetError> {
+) -> Result<(), NetError> {
     let what = what.into();
     shape(what.clone(), b, batch_rows.len())?;
     index_range(
         what,
         batch_rows.iter().copied().filter(|r| *r != NO_ROW).max(),
         rows,
-    )?;
-    Ok(batch_rows
-        .iter()
-        .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
-        .collect())
+    )
 }
 
 /// `[rows, width]` f32 tensor on `device` from a row-major slice (one copy, one transfer).
@@ -112,6 +107,83 @@ fn indices(data: &[u32], device: Device) -> Tensor {
     Tensor::from_slice(&wide).to_device(device)
 }
 
+/// Checks `batch`'s array lengths against its row counts and feature widths, and every
+/// index (subgraph of a row, edge endpoint, target, own row, sequence length) against the
+/// rows it points into: what [`BatchTensors::from_batch`] and the native CPU pass
+/// ([`crate::net::NativeNet`]) check before reading a batch.
+///
+/// Errors with [`NetError::Length`] naming the array whose length is wrong, and
+/// [`NetError::IndexOutOfRange`] naming the array with an index past its rows.
+pub fn check_batch(batch: &Batch) -> Result<(), NetError> {
+    let b = batch.size;
+    let rows: [usize; NODE_TYPES] = std::array::from_fn(|i| batch.node_graph[i].len());
+    for t in NodeType::ALL {
+        let i = t.index();
+        shape(
+            format!("node_features[{t:?}]"),
+            rows[i] * features::node_width(t),
+            batch.node_features[i].len(),
+        )?;
+        index_range(
+            format!("node_graph[{t:?}]"),
+            batch.node_graph[i].iter().copied().max(),
+            b,
+        )?;
+    }
+    let ew = EDGE_FEATURES.len();
+    for r in Relation::ALL {
+        let i = r.index();
+        let edges = &batch.edge_index[i];
+        shape(
+            format!("edge_features[{r:?}]"),
+            edges.len() * ew,
+            batch.edge_features[i].len(),
+        )?;
+        let max_s = edges.iter().map(|&(s, _)| s).max();
+        let max_d = edges.iter().map(|&(_, d)| d).max();
+        let (st, dt) = r.endpoints();
+        index_range(format!("edge_index[{r:?}] source"), max_s, rows[st.index()])?;
+        index_range(
+            format!("edge_index[{r:?}] destination"),
+            max_d,
+            rows[dt.index()],
+        )?;
+    }
+    shape("target_account", b, batch.target_account.len())?;
+    index_range(
+        "target_account",
+        batch.target_account.iter().copied().max(),
+        rows[NodeType::Account.index()],
+    )?;
+    for t in NodeType::ALL {
+        optional_rows(
+            format!("own_rows[{t:?}]"),
+            &batch.own_rows[t.index()],
+            b,
+            rows[t.index()],
+        )?;
+    }
+    optional_rows(
+        "counterparty_row",
+        &batch.counterparty_row,
+        b,
+        rows[NodeType::Account.index()],
+    )?;
+    shape(
+        "txn_features",
+        b * TXN_FEATURES.len(),
+        batch.txn_features.len(),
+    )?;
+    let l = batch.max_sequence;
+    shape("sequence", b * l * SEQ_FEATURES.len(), batch.sequence.len())?;
+    shape("sequence_len", b, batch.sequence_len.len())?;
+    index_range(
+        "sequence_len",
+        batch.sequence_len.iter().copied().max(),
+        l + 1,
+    )
+}
+
 /// [`BatchTensors::from_batch`]: `batch` checked and copied to `device`.
 pub fn from_batch(batch: &Batch, device: Device) -> Result<BatchTensors, NetError> {
     BatchTensors::from_batch(batch, device)
@@ -124,85 +196,33 @@ impl BatchTensors {
     /// widths and row counts, and [`NetError::IndexOutOfRange`] when an edge, target or
     /// sequence length points outside its rows.
     pub fn from_batch(batch: &Batch, device: Device) -> Result<BatchTensors, NetError> {
+        check_batch(batch)?;
         let b = batch.size;
         let rows: [usize; NODE_TYPES] = std::array::from_fn(|i| batch.node_graph[i].len());
-        for t in NodeType::ALL {
-            let i = t.index();
-            shape(
-                format!("node_features[{t:?}]"),
-                rows[i] * features::node_width(t),
-                batch.node_features[i].len(),
-            )?;
-            index_range(
-                format!("node_graph[{t:?}]"),
-                batch.node_graph[i].iter().copied().max(),
-                b,
-            )?;
-        }
         let ew = EDGE_FEATURES.len();
-        let mut edge_index: Vec<Vec<i64>> = Vec::with_capacity(RELATIONS);
-        for r in Relation::ALL {
-            let i = r.index();
-            let edges = &batch.edge_index[i];
-            shape(
-                format!("edge_features[{r:?}]"),
-                edges.len() * ew,
-                batch.edge_features[i].len(),
-            )?;
-            // Sources first, then destinations: one [2, E] buffer, one copy.
-            let e = edges.len();
-            let mut flat = vec![0i64; 2 * e];
-            let (mut max_s, mut max_d) = (None::<u32>, None::<u32>);
-            for (k, &(s, d)) in edges.iter().enumerate() {
-                flat[k] = i64::from(s);
-                flat[e + k] = i64::from(d);
-                max_s = max_s.max(Some(s));
-                max_d = max_d.max(Some(d));
-            }
-            let (st, dt) = r.endpoints();
-            index_range(format!("edge_index[{r:?}] source"), max_s, rows[st.index()])?;
-            index_range(
-                format!("edge_index[{r:?}] destination"),
-                max_d,
-                rows[dt.index()],
-            )?;
-            edge_index.push(flat);
-        }
-        shape("target_account", b, batch.target_account.len())?;
-        index_range(
-            "target_account",
-            batch.target_account.iter().copied().max(),
-            rows[NodeType::Account.index()],
-        )?;
-        let mut own_rows: Vec<Vec<i64>> = Vec::with_capacity(NODE_TYPES);
-        for t in NodeType::ALL {
-            own_rows.push(optional_rows(
-                format!("own_rows[{t:?}]"),
-                &batch.own_rows[t.index()],
-                b,
-                rows[t.index()],
-            )?);
-        }
-        let counterparty_row = optional_rows(
-            "counterparty_row",
-            &batch.counterparty_row,
-            b,
-            rows[NodeType::Account.index()],
-        )?;
-        shape(
-            "txn_features",
-            b * TXN_FEATURES.len(),
-            batch.txn_features.len(),
-        )?;
+        let edge_index: Vec<Vec<i64>> = batch
+            .edge_index
+            .iter()
+            .map(|edges| {
+                // Sources first, then destinations: one [2, E] buffer, one copy.
+                let e = edges.len();
+                let mut flat = vec![0i64; 2 * e];
+                for (k, &(s, d)) in edges.iter().enumerate() {
+                    flat[k] = i64::from(s);
+                    flat[e + k] = i64::from(d);
+                }
+                flat
+            })
+            .collect();
+        let optional = |rows: &[u32]| -> Vec<i64> {
+            rows.iter()
+                .map(|&r| if r == NO_ROW { -1 } else { i64::from(r) })
+                .collect()
+        };
+        let own_rows: Vec<Vec<i64>> = batch.own_rows.iter().map(|r| optional(r)).collect();
+        let counterparty_row = optional(&batch.counterparty_row);
         let l = batch.max_sequence;
         let sw = SEQ_FEATURES.len();
-        shape("sequence", b * l * sw, batch.sequence.len())?;
-        shape("sequence_len", b, batch.sequence_len.len())?;
-        index_range(
-            "sequence_len",
-            batch.sequence_len.iter().copied().max(),
-            l + 1,
-        )?;
 
         Ok(BatchTensors {
             size: b as i64,

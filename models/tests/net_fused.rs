@@ -3,7 +3,9 @@
 //! on real sampled subgraphs (batches of 1, 7 and 64, a brand-new account, relations and
 //! node types without rows, a batch with no edges at all) for freshly initialised nets and
 //! the committed default artifact, the same gradients, dropout still at work in training,
-//! and large CPU batches left to the reference.
+//! and large CPU batches left to the reference. The native CPU pass (`NativeNet`, no
+//! libtorch) against the same reference on the same batches, and its errors on a
+//! malformed batch.
 
 use std::path::Path;
 
@@ -323,4 +325,102 @@ fn forward_t_leaves_large_cpu_batches_to_the_reference() {
     let bt = BatchTensors::from_batch(&batch, Device::Cpu).unwrap();
     let fused = a.net.forward_fused(&bt, false).unwrap();
     assert!(a.net.forward_t(&bt, false).unwrap().equal(&fused));
+}
+
+/// `NativeNet`'s logits and probabilities against the reference on every batch.
+fn assert_native_matches(net: &HybridFraudNet, batches: &[(String, Batch)]) {
+    let _no_grad = tch::no_grad_guard();
+    let native = net.native().unwrap();
+    for (name, batch) in batches {
+        let bt = BatchTensors::from_batch(batch, Device::Cpu).unwrap();
+        let reference = net.forward_reference(&bt, false).unwrap();
+        let logits = native.logits(batch).unwrap();
+        assert_eq!(logits.len(), batch.size, "{name}");
+        assert!(logits.iter().all(|z| z.is_finite()), "{name}");
+        let gap = relative_gap(&Tensor::from_slice(&logits), &reference);
+        assert!(
+            gap < TOLERANCE,
+            "batch {name}: native logits differ by {gap}"
+        );
+        let p = Tensor::from_slice(&native.predict(batch).unwrap());
+        let gap = max_gap(&p, &reference.sigmoid());
+        assert!(
+            gap < TOLERANCE,
+            "batch {name}: native probabilities differ by {gap}"
+        );
+    }
+}
+
+#[test]
+fn native_pass_matches_the_reference_on_fresh_nets() {
+    let a = artifact();
+    let subs = subgraphs(a.graph_config(), &a.sampler_config());
+    let batches = batches(&subs, a.manifest.max_sequence);
+    for (seed, config) in [
+        (7, NetConfig::default()),
+        (
+            8,
+            NetConfig {
+                hidden: 16,
+                heads: 2,
+                layers: 2,
+                time_dims: 4,
+                ..NetConfig::default()
+            },
+        ),
+    ] {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = HybridFraudNet::new(&vs.root(), &config).unwrap();
+        assert_native_matches(&net, &batches);
+    }
+}
+
+#[test]
+fn native_pass_matches_the_reference_on_the_default_artifact() {
+    let a = artifact();
+    let subs = subgraphs(a.graph_config(), &a.sampler_config());
+    let batches = batches(&subs, a.manifest.max_sequence);
+    assert_native_matches(&a.net, &batches);
+    // The same call again reuses its buffers: the same answer.
+    let native = a.net.native().unwrap();
+    let (_, b64) = batches.iter().find(|(n, _)| n == "64").unwrap();
+    let (_, b1) = batches.iter().find(|(n, _)| n == "1").unwrap();
+    let first = native.predict(b64).unwrap();
+    native.predict(b1).unwrap();
+    assert_eq!(native.predict(b64).unwrap(), first);
+}
+
+/// A malformed batch is an error naming the array, never a panic or a silent score.
+#[test]
+fn native_pass_refuses_a_malformed_batch_naming_the_array() {
+    let a = artifact();
+    let subs = subgraphs(a.graph_config(), &a.sampler_config());
+    let batches = batches(&subs, a.manifest.max_sequence);
+    let native = a.net.native().unwrap();
+    let (_, good) = batches.iter().find(|(n, _)| n == "7").unwrap();
+
+    let mut b = good.clone();
+    b.node_features[NodeType::Device.index()].pop();
+    let e = native.predict(&b).unwrap_err().to_string();
+    assert!(e.contains("node_features[Device]"), "{e}");
+
+    let mut b = good.clone();
+    let r = Relation::ALL
+        .into_iter()
+        .find(|r| !b.edge_index[r.index()].is_empty())
+        .unwrap();
+    b.edge_index[r.index()][0].1 = u32::MAX - 1;
+    let e = native.predict(&b).unwrap_err().to_string();
+    assert!(e.contains(&format!("edge_index[{r:?}] destination")), "{e}");
+
+    let mut b = good.clone();
+    b.sequence_len[0] = b.max_sequence as u32 + 1;
+    let e = native.predict(&b).unwrap_err().to_string();
+    assert!(e.contains("sequence_len"), "{e}");
+
+    let mut b = good.clone();
+    b.target_account.pop();
+    let e = native.predict(&b).unwrap_err().to_string();
+    assert!(e.contains("target_account"), "{e}");
 }

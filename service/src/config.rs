@@ -123,7 +123,11 @@ pub struct PipelineConfig {
     /// tokio's millisecond timer resolution, writing the response and the network, so the
     /// fallback reaches the caller before its own deadline fires.
     pub deadline_margin_us: u64,
-    /// libtorch intra-op threads of the inference thread.
+    /// How the GNN's forward pass runs: `native` (on the CPU without libtorch: the same
+    /// scores, ~2.5x faster on the small batches of serving; f32 only), `libtorch`, or
+    /// `auto` (native on the CPU in f32, libtorch on CUDA or in half precision).
+    pub backend: String,
+    /// libtorch intra-op threads of the inference thread (the libtorch backend).
     pub inference_threads: usize,
     /// Fault injection for drills and tests: sleep this long before every GNN forward
     /// pass, milliseconds. Keep 0 in production.
@@ -141,6 +145,7 @@ impl Default for PipelineConfig {
             buffers: 2,
             default_deadline_ms: 50,
             deadline_margin_us: 3000,
+            backend: "auto".to_owned(),
             inference_threads: 1,
             inference_delay_ms: 0,
         }
@@ -290,6 +295,9 @@ pub struct ServeArgs {
     /// Latency budget of requests without a gRPC deadline, milliseconds.
     #[arg(long, env = "FRAUDGRAPH_DEFAULT_DEADLINE_MS")]
     pub default_deadline_ms: Option<u64>,
+    /// How the GNN runs: auto, native (CPU, no libtorch) or libtorch.
+    #[arg(long, env = "FRAUDGRAPH_BACKEND")]
+    pub backend: Option<String>,
     /// Fault injection: delay before every GNN forward pass, milliseconds.
     #[arg(long, env = "FRAUDGRAPH_INFERENCE_DELAY_MS")]
     pub inference_delay_ms: Option<u64>,
@@ -333,6 +341,7 @@ impl ServeConfig {
         set!(buffers => pipeline.buffers);
         set!(default_deadline_ms => pipeline.default_deadline_ms);
         set!(inference_delay_ms => pipeline.inference_delay_ms);
+        set!(backend => pipeline.backend);
         if let Some(a) = &args.artifact {
             c.artifact = Some(a.clone());
         }
@@ -365,6 +374,16 @@ impl ServeConfig {
             matches!(self.precision.as_str(), "f32" | "f16" | "bf16"),
             "precision",
             "must be f32, f16 or bf16",
+        )?;
+        check(
+            matches!(p.backend.as_str(), "auto" | "native" | "libtorch"),
+            "pipeline.backend",
+            "must be auto, native or libtorch",
+        )?;
+        check(
+            p.backend != "native" || (self.device != "cuda" && self.precision == "f32"),
+            "pipeline.backend",
+            "native runs in f32 on the CPU; use libtorch (or auto) for cuda or half precision",
         )?;
         check(
             p.sampler_threads >= 1,
@@ -481,5 +500,36 @@ mod tests {
                 .contains("precision: must be f32, f16 or bf16"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn backend_is_auto_native_or_libtorch_and_native_only_f32_off_cuda() {
+        let with = |backend: &str, device: &str, precision: &str| {
+            ServeConfig::load(&ServeArgs {
+                backend: Some(backend.to_owned()),
+                device: Some(device.to_owned()),
+                precision: Some(precision.to_owned()),
+                ..ServeArgs::default()
+            })
+        };
+        assert_eq!(ServeConfig::default().pipeline.backend, "auto");
+        assert_eq!(
+            with("native", "cpu", "f32").unwrap().pipeline.backend,
+            "native"
+        );
+        assert!(with("libtorch", "cuda", "bf16").is_ok());
+        assert!(with("auto", "cuda", "f16").is_ok());
+        let err = with("onnx", "cpu", "f32").unwrap_err().to_string();
+        assert!(
+            err.contains("pipeline.backend: must be auto, native or libtorch"),
+            "{err}"
+        );
+        for (device, precision) in [("cuda", "f32"), ("cpu", "bf16")] {
+            let err = with("native", device, precision).unwrap_err().to_string();
+            assert!(
+                err.contains("pipeline.backend: native runs in f32 on the CPU"),
+                "{err}"
+            );
+        }
     }
 }

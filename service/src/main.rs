@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve fraud scores over gRPC (the scoring service).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Check the runtime: libtorch version, CUDA, LightGBM, Kafka.
     Doctor(commands::doctor::DoctorArgs),
     /// Generate the simulated payment stream to a file or a Kafka topic.
@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => commands::serve::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Bench(args) => commands::bench::run(args),

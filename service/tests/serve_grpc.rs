@@ -1,7 +1,8 @@
 //! `fraudgraph serve` as a gateway sees it: the whole contract over a real gRPC socket,
 //! health and reflection, validation errors naming the field, idempotent apply, the GBDT
 //! answering inside the deadline when the GNN is slow, metrics, graceful shutdown with a
-//! snapshot and a restart from it, calls in flight at SIGTERM answered before the exit,
+//! snapshot and a restart from it (with the libtorch backend instead of the native one,
+//! giving the same scores), calls in flight at SIGTERM answered before the exit,
 //! the limits on message size and concurrent streams per connection, and a corrupt
 //! snapshot refused at start with an error naming the file.
 
@@ -273,16 +274,67 @@ async fn serves_the_whole_contract_over_a_real_socket() {
         "no identifiers in metrics"
     );
 
+    // Scores of transactions not sent before, to compare with the restarted server's.
+    let unseen: Vec<&Transaction> = held_out[400..]
+        .iter()
+        .filter(|t| t.txn_id != target.txn_id)
+        .take(10)
+        .collect();
+    let mut native_scores = Vec::new();
+    for t in &unseen {
+        let r = client
+            .score(request(t, Duration::from_secs(2)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model, ModelKind::Gnn as i32);
+        native_scores.push(r.score);
+    }
+
     // Graceful shutdown writes the snapshot; a restart serves from it without warm-up.
     let status = serve.terminate();
     assert!(status.success(), "exit {status}:\n{}", serve.log());
     let log = serve.log();
     assert!(log.contains("graph snapshot written"), "{log}");
     assert!(!log.contains(&target.account_id), "no identifiers in logs");
-    let mut again = Serve::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let forward_pass = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("GNN forward pass"))
+            .map(str::to_owned)
+    };
+    assert!(
+        forward_pass(&log).is_some_and(|l| l.contains("native")),
+        "on the CPU the native backend runs by default:\n{log}"
+    );
+    // Restarted with the libtorch backend (what CUDA runs): the same graph from the
+    // snapshot gives the same scores as the native backend's.
+    let mut again = Serve::start(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "--backend", "libtorch"],
+    );
     again.wait_serving(Duration::from_secs(60)).await;
     assert_eq!(again.status().await.graph.unwrap().transactions, WARM + 1);
     assert!(again.log().contains("graph restored from snapshot"));
+    assert!(
+        forward_pass(&again.log()).is_some_and(|l| l.contains("libtorch")),
+        "{}",
+        again.log()
+    );
+    let mut client = again.client();
+    for (t, native) in unseen.iter().zip(native_scores) {
+        let r = client
+            .score(request(t, Duration::from_secs(2)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model, ModelKind::Gnn as i32);
+        assert!(
+            (r.score - native).abs() < 1e-5,
+            "{}: libtorch {} against native {native}",
+            t.txn_id,
+            r.score
+        );
+    }
     assert!(again.terminate().success());
 }
 

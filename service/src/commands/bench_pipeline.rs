@@ -45,6 +45,9 @@ pub struct PipelineBench {
     /// libtorch intra-op threads of the inference thread.
     #[arg(long, default_value_t = 1)]
     inference_threads: usize,
+    /// How the GNN runs: auto (native on the CPU), native or libtorch.
+    #[arg(long, default_value = "auto")]
+    backend: String,
     /// Model artifact directory (default: the embedded one).
     #[arg(long)]
     artifact: Option<std::path::PathBuf>,
@@ -71,6 +74,10 @@ struct RunResult {
 pub fn run(b: PipelineBench) -> anyhow::Result<()> {
     anyhow::ensure!(b.requests > 0, "--requests: must be at least 1");
     anyhow::ensure!(b.concurrency > 0, "--concurrency: must be at least 1");
+    anyhow::ensure!(
+        matches!(b.backend.as_str(), "auto" | "native" | "libtorch"),
+        "--backend: must be auto, native or libtorch"
+    );
     let dir = match &b.artifact {
         Some(d) => d.clone(),
         None => embedded_artifact_dir()?,
@@ -115,6 +122,7 @@ pub fn run(b: PipelineBench) -> anyhow::Result<()> {
                 max_batch: b.max_batch,
                 buffers,
                 inference_threads: b.inference_threads,
+                backend: b.backend.clone(),
                 queue_capacity: b.concurrency * 2,
                 inference_queue_capacity: b.concurrency * 2,
                 ..PipelineConfig::default()
@@ -166,6 +174,7 @@ pub fn run(b: PipelineBench) -> anyhow::Result<()> {
         "max_batch": b.max_batch,
         "sampler_threads": b.sampler_threads,
         "inference_threads": b.inference_threads,
+        "backend": b.backend,
         "rounds": b.rounds.max(1),
         "single_buffer": summary(&single),
         "double_buffer": summary(&double),

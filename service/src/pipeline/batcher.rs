@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 use super::{GnnResult, InferItem};
 use crate::metrics::Metrics;
 
-/// Host arrays reused from batch to batch, and the tensors of the batch it carries.
+/// Host arrays reused from batch to batch: the batch it carries, collated.
 #[derive(Default)]
 pub(super) struct StagingBuffer {
-    batch: Batch,
+    pub(super) batch: Batch,
     subs: Vec<Subgraph>,
 }
 
@@ -34,8 +34,9 @@ pub(super) struct Waiter {
 pub(super) struct Staged {
     /// The buffer, returned to the pool after the forward pass.
     pub(super) buffer: StagingBuffer,
-    /// The batch on the inference device, or why it could not be built.
-    pub(super) tensors: Result<BatchTensors, String>,
+    /// The batch on the inference device (`None` for the native backend, which reads the
+    /// buffer's collated batch itself), or why it could not be built.
+    pub(super) tensors: Result<Option<BatchTensors>, String>,
     /// One per row, in order.
     pub(super) waiters: Vec<Waiter>,
 }
@@ -52,6 +53,8 @@ pub(super) struct Batcher {
     pub(super) max_wait: Duration,
     pub(super) max_sequence: usize,
     pub(super) device: Device,
+    /// Whether the inference thread runs libtorch and needs the batch as tensors.
+    pub(super) make_tensors: bool,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -112,8 +115,12 @@ impl Batcher {
             // losing the thread and the buffer with it.
             let tensors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 buffer.batch.collate(&buffer.subs, self.max_sequence);
+                if !self.make_tensors {
+                    return Ok(None);
+                }
                 BatchTensors::from_batch(&buffer.batch, Device::Cpu)
                     .and_then(|host| host.to_device_staged(self.device))
+                    .map(Some)
                     .map_err(|e| e.to_string())
             }))
             .unwrap_or_else(|_| Err("collating the batch panicked".to_owned()));
@@ -179,6 +186,7 @@ mod tests {
             max_wait,
             max_sequence: 32,
             device: Device::Cpu,
+            make_tensors: true,
             metrics: Arc::new(Metrics::new()),
         };
         Running {
@@ -214,7 +222,7 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("a batch is staged");
         assert_eq!(staged.waiters.len(), 10, "the backlog joined the batch");
-        assert_eq!(staged.tensors.expect("collated").size, 10);
+        assert_eq!(staged.tensors.expect("collated").expect("tensors").size, 10);
         drop(run.items);
         drop(run.staged);
         run.thread.join().unwrap();

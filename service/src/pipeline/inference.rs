@@ -1,5 +1,7 @@
 //! The inference thread: owns the model artifact (the net and its device) and runs one
-//! forward pass per staged batch, then hands the staging buffer back to the batcher.
+//! forward pass per staged batch, then hands the staging buffer back to the batcher. The
+//! pass runs through libtorch, or with the native backend ([`NativeNet`], a copy of the
+//! net's weights) on the buffer's collated batch without libtorch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use fraudgraph_models::artifact::Artifact;
+use fraudgraph_models::net::NativeNet;
 use tch::Device;
 
 use super::batcher::{Staged, StagingBuffer};
@@ -16,6 +19,8 @@ use crate::metrics::Metrics;
 /// The inference thread's state.
 pub(super) struct InferenceWorker {
     pub(super) artifact: Artifact,
+    /// The native backend's copy of the net, when it runs the passes.
+    pub(super) native: Option<NativeNet>,
     pub(super) staged: Receiver<Staged>,
     pub(super) free: Sender<StagingBuffer>,
     pub(super) ready: Arc<AtomicBool>,
@@ -40,15 +45,16 @@ impl InferenceWorker {
             }
             let started = Instant::now();
             let scores = tensors.and_then(|t| {
-                self.artifact
-                    .net
-                    .predict(&t)
-                    .and_then(|p| {
+                match (&self.native, t) {
+                    (Some(native), _) => native.predict(&buffer.batch),
+                    (None, Some(t)) => self.artifact.net.predict(&t).and_then(|p| {
                         p.f_to_device(Device::Cpu)
                             .and_then(|p| Vec::<f32>::try_from(&p))
                             .map_err(|e| fraudgraph_models::net::NetError::Torch(e.to_string()))
-                    })
-                    .map_err(|e| e.to_string())
+                    }),
+                    (None, None) => unreachable!("the batcher makes tensors for libtorch"),
+                }
+                .map_err(|e| e.to_string())
             });
             let elapsed = started.elapsed();
             self.metrics

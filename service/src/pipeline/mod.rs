@@ -33,8 +33,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use crossbeam_channel::{Sender, TrySendError};
 use fraudgraph_models::artifact::{Artifact, Thresholds};
+use fraudgraph_models::net::Precision;
 use fraudgraph_proto::v1::{
     Decision, FallbackReason, ModelKind, ScoreResponse, StageTimings, Transaction,
 };
@@ -160,6 +162,34 @@ impl Pipeline {
         let max_sequence = artifact.manifest.max_sequence;
         let thresholds = artifact.manifest.thresholds;
         let device = artifact.device();
+        let native = match config.backend.as_str() {
+            "native" => true,
+            "libtorch" => false,
+            _ => device == tch::Device::Cpu && artifact.precision() == Precision::F32,
+        };
+        let native = if native {
+            anyhow::ensure!(
+                device == tch::Device::Cpu && artifact.precision() == Precision::F32,
+                "pipeline.backend: native runs in f32 on the CPU, the model is on {device:?} in {}",
+                artifact.precision().name()
+            );
+            Some(
+                artifact
+                    .net
+                    .native()
+                    .context("copying the model's weights for the native backend")?,
+            )
+        } else {
+            None
+        };
+        tracing::info!(
+            backend = if native.is_some() {
+                "native"
+            } else {
+                "libtorch"
+            },
+            "GNN forward pass"
+        );
         let mut threads = Vec::new();
 
         for i in 0..config.sampler_threads {
@@ -197,6 +227,7 @@ impl Pipeline {
             max_wait: Duration::from_micros(config.max_batch_wait_us),
             max_sequence,
             device,
+            make_tensors: native.is_none(),
             metrics: metrics.clone(),
         };
         threads.push(
@@ -207,6 +238,7 @@ impl Pipeline {
 
         let inf = inference::InferenceWorker {
             artifact,
+            native,
             staged: staged_rx,
             free: free_tx,
             ready: gnn_ready.clone(),
