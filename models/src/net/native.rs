@@ -511,10 +511,10 @@ impl NativeNet {
                 &s.projected[src_t][(fe.from * k_slots + lay.key_slot[fe.m] as usize) * h..][..h];
             let ek = &s.edge_terms[fe.m][fe.edge * 2 * h..][..h];
             let att = &layer.att[fe.m * h..(fe.m + 1) * h];
-            for i in 0..h {
-                let z = q[i] + (k[i] + ek[i]);
+            for ((((t, q), k), ek), a) in terms.iter_mut().zip(q).zip(k).zip(ek).zip(att) {
+                let z = q + (k + ek);
                 let z = if z > 0.0 { z } else { z * slope };
-                terms[i] = z * att[i];
+                *t = z * a;
             }
             for (hd, head) in terms.chunks_exact(dh).enumerate() {
                 let score = sum4(head);
@@ -540,10 +540,15 @@ impl NativeNet {
                 [(fe.from * k_slots + lay.key_slot[fe.m] as usize + 1) * h..][..h];
             let ev = &s.edge_terms[fe.m][fe.edge * 2 * h + h..][..h];
             let out = &mut s.agg[fe.dst * h..(fe.dst + 1) * h];
-            for hd in 0..heads {
+            for (hd, ((out, v), ev)) in out
+                .chunks_exact_mut(dh)
+                .zip(v.chunks_exact(dh))
+                .zip(ev.chunks_exact(dh))
+                .enumerate()
+            {
                 let alpha = s.score[f * heads + hd] / s.group_sum[fe.group * heads + hd];
-                for i in hd * dh..(hd + 1) * dh {
-                    out[i] += alpha * (v[i] + ev[i]);
+                for ((o, v), e) in out.iter_mut().zip(v).zip(ev) {
+                    *o += alpha * (v + e);
                 }
             }
         }
