@@ -1,8 +1,9 @@
 //! fraudgraph's models.
 //!
-//! This crate owns Hybrid-FraudNet (libtorch through tch), the LightGBM fallback, training,
-//! evaluation and the model artifact format. The features themselves are defined once, in
-//! `fraudgraph_sampler::features`, and used by training and serving alike.
+//! This crate owns Hybrid-FraudNet (libtorch through tch, plus a native CPU forward pass for
+//! serving), the LightGBM fallback, training, evaluation and the model artifact format. The
+//! features themselves are defined once, in `fraudgraph_sampler::features`, and used by
+//! training and serving alike.
 //!
 //! Modules:
 //!
@@ -14,7 +15,8 @@
 //! - [`inference_mode`]: libtorch's inference mode (a C++ guard tch does not expose), which
 //!   [`net::HybridFraudNet::predict`] runs in.
 //! - [`net`]: Hybrid-FraudNet, relation-aware heterogeneous graph attention fused with
-//!   temporal attention over the account's history; its configuration and precision switch.
+//!   temporal attention over the account's history; its configuration and precision switch;
+//!   [`net::NativeNet`], its forward pass on the CPU without libtorch (for serving).
 //! - [`gbdt`]: the LightGBM fallback on tabular features (the transaction and its one-hop
 //!   context), saved as a standard LightGBM text model.
 //! - [`metrics`]: PR-AUC, ROC-AUC, F1, recall at a false-positive rate; [`margin`]: how

@@ -36,7 +36,9 @@
 //! at a time (~1,000 small libtorch ops per pass, whose fixed overhead dominates a small
 //! batch on the CPU), and [`HybridFraudNet::forward_fused`] batches all message types of
 //! a layer into a few large ops. [`HybridFraudNet::forward_t`] and
-//! [`HybridFraudNet::predict`] use the fused pass, except for large CPU batches.
+//! [`HybridFraudNet::predict`] use the fused pass, except for large CPU batches. A third
+//! implementation, [`NativeNet`] (`net/native.rs`, made by [`HybridFraudNet::native`]),
+//! runs the fused pass's arithmetic on the CPU without libtorch, for serving.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
