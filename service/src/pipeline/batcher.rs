@@ -17,12 +17,29 @@ use tokio::sync::oneshot;
 use super::{GnnResult, InferItem};
 use crate::metrics::Metrics;
 
-/// Host arrays reused from batch to batch: the batch it carries, collated.
+/// Host arrays reused from batch to batch: the batch it carries, collated whole for
+/// libtorch, or for the native backend in parts of at most [`NATIVE_PART`] subgraphs.
 #[derive(Default)]
 pub(super) struct StagingBuffer {
-    pub(super) batch: Batch,
+    batch: Batch,
+    parts: Vec<Batch>,
+    /// How many of `parts` hold this batch.
+    part_count: usize,
     subs: Vec<Subgraph>,
 }
+
+impl StagingBuffer {
+    /// The native backend's parts of the batch, in order.
+    pub(super) fn parts(&self) -> &[Batch] {
+        &self.parts[..self.part_count]
+    }
+}
+
+/// Most subgraphs in one native forward pass. A pass over more gathers its projected
+/// rows from tables that outgrow the caches: per subgraph it costs ~0.78 ms in passes of
+/// 8 but ~1.16 ms in one pass of 64 (`cargo bench -p fraudgraph-models --bench forward`,
+/// `native/8` and `native/64`, AMD VM, docs/BENCHMARKS.md).
+pub(super) const NATIVE_PART: usize = 8;
 
 /// Who is waiting for one row of a staged batch.
 pub(super) struct Waiter {
@@ -114,10 +131,18 @@ impl Batcher {
             // A panic here (a bug) fails this batch, like a failed forward pass, instead of
             // losing the thread and the buffer with it.
             let tensors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                buffer.batch.collate(&buffer.subs, self.max_sequence);
                 if !self.make_tensors {
+                    let chunks = buffer.subs.chunks(NATIVE_PART);
+                    buffer.part_count = chunks.len();
+                    if buffer.parts.len() < buffer.part_count {
+                        buffer.parts.resize_with(buffer.part_count, Batch::default);
+                    }
+                    for (part, chunk) in buffer.parts.iter_mut().zip(chunks) {
+                        part.collate(chunk, self.max_sequence);
+                    }
                     return Ok(None);
                 }
+                buffer.batch.collate(&buffer.subs, self.max_sequence);
                 BatchTensors::from_batch(&buffer.batch, Device::Cpu)
                     .and_then(|host| host.to_device_staged(self.device))
                     .map(Some)
@@ -174,6 +199,11 @@ mod tests {
     }
 
     fn start(buffers: usize, max_wait: Duration) -> Running {
+        start_for(buffers, max_wait, true)
+    }
+
+    /// [`start`] for libtorch (`make_tensors`) or the native backend.
+    fn start_for(buffers: usize, max_wait: Duration, make_tensors: bool) -> Running {
         let (items_tx, items_rx) = crossbeam_channel::bounded(64);
         let (free_tx, free_rx) = crossbeam_channel::bounded(buffers);
         let (staged_tx, staged_rx) = crossbeam_channel::bounded(buffers);
@@ -186,7 +216,7 @@ mod tests {
             max_wait,
             max_sequence: 32,
             device: Device::Cpu,
-            make_tensors: true,
+            make_tensors,
             metrics: Arc::new(Metrics::new()),
         };
         Running {
@@ -258,6 +288,53 @@ mod tests {
             .recv_timeout(Duration::from_secs(10))
             .expect("closing the queue flushes the batch");
         assert_eq!(staged.waiters.len(), 1);
+        drop(run.staged);
+        run.thread.join().unwrap();
+    }
+
+    /// For the native backend a batch is collated in parts of at most [`NATIVE_PART`]
+    /// subgraphs, in order, and no tensors are made; a smaller batch in the same (reused)
+    /// buffer shows only its own parts.
+    #[test]
+    fn a_native_batch_is_collated_in_parts() {
+        let graph = Graph::new(GraphConfig::default());
+        let run = start_for(1, Duration::from_millis(1), false);
+        let n = 2 * NATIVE_PART + 3;
+        let mut replies = Vec::new();
+        for i in 0..n {
+            let (next, rx) = item(&graph, i);
+            replies.push(rx);
+            run.items.send(next).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        run.free.send(StagingBuffer::default()).unwrap();
+        let staged = run
+            .staged
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch is staged");
+        assert_eq!(staged.waiters.len(), n);
+        assert!(matches!(staged.tensors, Ok(None)), "no tensors for native");
+        let sizes: Vec<usize> = staged.buffer.parts().iter().map(|p| p.size).collect();
+        assert_eq!(sizes, [NATIVE_PART, NATIVE_PART, 3]);
+        // Every subgraph once: each has one target account.
+        let targets: usize = staged
+            .buffer
+            .parts()
+            .iter()
+            .map(|p| p.target_account.len())
+            .sum();
+        assert_eq!(targets, n);
+
+        let (next, _rx) = item(&graph, n);
+        run.items.send(next).unwrap();
+        run.free.send(staged.buffer).unwrap();
+        let staged = run
+            .staged
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the next batch is staged");
+        let sizes: Vec<usize> = staged.buffer.parts().iter().map(|p| p.size).collect();
+        assert_eq!(sizes, [1], "only this batch's part");
+        drop(run.items);
         drop(run.staged);
         run.thread.join().unwrap();
     }

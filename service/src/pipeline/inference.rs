@@ -46,7 +46,13 @@ impl InferenceWorker {
             let started = Instant::now();
             let scores = tensors.and_then(|t| {
                 match (&self.native, t) {
-                    (Some(native), _) => native.predict(&buffer.batch),
+                    (Some(native), _) => buffer.parts().iter().try_fold(
+                        Vec::with_capacity(waiters.len()),
+                        |mut scores, part| {
+                            scores.extend(native.predict(part)?);
+                            Ok(scores)
+                        },
+                    ),
                     (None, Some(t)) => self.artifact.net.predict(&t).and_then(|p| {
                         p.f_to_device(Device::Cpu)
                             .and_then(|p| Vec::<f32>::try_from(&p))
