@@ -35,7 +35,7 @@ use crate::artifact::{Artifact, ArtifactError, score_gbdt, score_gnn};
 use crate::dataset::{self, DatasetError, LabelledStream, Period, ReplayProgress, SplitTimes};
 use crate::margin::{PrAucMargin, pr_auc_margin};
 use crate::metrics::{MetricError, Metrics, pr_curve, roc_curve};
-use crate::net::Precision;
+use crate::net::{NativeNet, NetError, Precision};
 use crate::plots::{self, PlotError};
 use crate::runtime;
 
@@ -157,7 +157,38 @@ pub struct EvalReport {
     pub gnn_precision: Precision,
     /// Where the GNN ran, in words (`cpu`, `cuda:0`).
     pub gnn_device: String,
+    /// Which implementation of its forward pass scored (reports before it existed:
+    /// libtorch).
+    #[serde(default)]
+    pub gnn_backend: GnnBackend,
 }
+
+/// Which implementation of the GNN's forward pass [`evaluate_with`] scores with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GnnBackend {
+    /// [`HybridFraudNet::predict`](crate::net::HybridFraudNet::predict), on the
+    /// artifact's device and in its precision.
+    #[default]
+    Libtorch,
+    /// [`NativeNet`], on the CPU in f32 (what `fraudgraph serve` runs on the CPU), in
+    /// passes of [`NATIVE_PART`] subgraphs.
+    Native,
+}
+
+impl GnnBackend {
+    /// `libtorch` or `native`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GnnBackend::Libtorch => "libtorch",
+            GnnBackend::Native => "native",
+        }
+    }
+}
+
+/// Subgraphs per native forward pass: larger passes gather from tables that outgrow the
+/// caches (docs/BENCHMARKS.md, "The native forward pass").
+pub const NATIVE_PART: usize = 8;
 
 /// Scores and labels of the test transactions, in replay order.
 #[derive(Default)]
@@ -176,6 +207,7 @@ struct Scored {
 /// Test examples waiting to be scored, and what has been scored.
 struct Scorer<'a> {
     artifact: &'a Artifact,
+    native: Option<NativeNet>,
     gbdt: crate::gbdt::Gbdt,
     pending: Vec<Subgraph>,
     batch: Batch,
@@ -189,12 +221,23 @@ impl Scorer<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let gnn = score_gnn(
-            &self.artifact.net,
-            &self.pending,
-            self.artifact.manifest.max_sequence,
-            &mut self.batch,
-        )?;
+        let max_sequence = self.artifact.manifest.max_sequence;
+        let gnn = match &self.native {
+            Some(native) => {
+                let mut gnn = Vec::with_capacity(self.pending.len());
+                for part in self.pending.chunks(NATIVE_PART) {
+                    self.batch.collate(part, max_sequence);
+                    gnn.extend(native.predict(&self.batch)?);
+                }
+                gnn
+            }
+            None => score_gnn(
+                &self.artifact.net,
+                &self.pending,
+                max_sequence,
+                &mut self.batch,
+            )?,
+        };
         self.out.gnn_seconds += started.elapsed().as_secs_f64();
         let started = Instant::now();
         let gbdt = score_gbdt(&self.gbdt, &self.pending, &mut self.rows)?;
@@ -215,10 +258,36 @@ pub fn evaluate(
     report_dir: &Path,
     progress: &dyn Fn(ReplayProgress),
 ) -> Result<EvalReport, EvalError> {
+    evaluate_with(artifact, stream, report_dir, progress, GnnBackend::Libtorch)
+}
+
+/// [`evaluate`] with the GNN scored by `backend`. [`GnnBackend::Native`] needs the
+/// artifact in f32 (it is copied to the CPU; [`EvalError::Artifact`] otherwise).
+pub fn evaluate_with(
+    artifact: &Artifact,
+    stream: &LabelledStream,
+    report_dir: &Path,
+    progress: &dyn Fn(ReplayProgress),
+    backend: GnnBackend,
+) -> Result<EvalReport, EvalError> {
     let started = Instant::now();
     let times = artifact.manifest.split.times(stream)?;
+    let native = match backend {
+        GnnBackend::Libtorch => None,
+        GnnBackend::Native => {
+            if artifact.precision() != Precision::F32 {
+                return Err(ArtifactError::from(NetError::Config(format!(
+                    "the native backend runs in f32, the artifact is in {}",
+                    artifact.precision().name()
+                )))
+                .into());
+            }
+            Some(artifact.net.native().map_err(ArtifactError::from)?)
+        }
+    };
     let scorer = RefCell::new(Scorer {
         artifact,
+        native,
         gbdt: artifact.gbdt()?,
         pending: Vec::with_capacity(EVAL_BATCH),
         batch: Batch::default(),
@@ -292,7 +361,11 @@ pub fn evaluate(
         gnn_seconds: scored.gnn_seconds,
         gbdt_seconds: scored.gbdt_seconds,
         gnn_precision: artifact.precision(),
-        gnn_device: runtime::device_name(artifact.device()),
+        gnn_device: match backend {
+            GnnBackend::Libtorch => runtime::device_name(artifact.device()),
+            GnnBackend::Native => "cpu".to_owned(),
+        },
+        gnn_backend: backend,
     };
 
     std::fs::create_dir_all(report_dir).map_err(|source| EvalError::Io {
@@ -524,9 +597,10 @@ fn markdown(artifact: &Artifact, r: &EvalReport, notes: &[String]) -> String {
     );
     let _ = writeln!(
         s,
-        "- The GNN ran on {} in {}.",
+        "- The GNN ran on {} in {} ({} forward pass).",
         r.gnn_device,
-        r.gnn_precision.name()
+        r.gnn_precision.name(),
+        r.gnn_backend.name()
     );
     let _ = writeln!(
         s,

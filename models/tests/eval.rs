@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use fraudgraph_models::artifact::Artifact;
 use fraudgraph_models::dataset::{Period, typology_name};
-use fraudgraph_models::eval::{EvalMetrics, evaluate};
+use fraudgraph_models::eval::{EvalMetrics, GnnBackend, evaluate, evaluate_with};
 use fraudgraph_models::net::Precision;
 use tch::Device;
 
@@ -232,7 +232,10 @@ fn half_precision_evaluation_says_so_and_stays_close_to_f32() {
     assert_eq!(half.gnn_precision, Precision::Bf16);
     assert_eq!(half.gnn_device, "cpu");
     let md = std::fs::read_to_string(tmp.path().join("bf16/report.md")).unwrap();
-    assert!(md.contains("The GNN ran on cpu in bf16."), "{md}");
+    assert!(
+        md.contains("The GNN ran on cpu in bf16 (libtorch forward pass)."),
+        "{md}"
+    );
 
     // The GBDT does not change; the GNN's ranking barely does.
     assert_eq!(half.metrics.gbdt, full.metrics.gbdt);
@@ -241,4 +244,53 @@ fn half_precision_evaluation_says_so_and_stays_close_to_f32() {
         full.metrics.gnn.overall.roc_auc.unwrap(),
     );
     assert!((h - f).abs() < 0.02, "ROC-AUC bf16 {h} vs f32 {f}");
+}
+
+/// The native CPU pass scores the test period as libtorch does: the same GNN metrics (to
+/// rounding), the same GBDT, and the report says which pass ran. Asked for in half
+/// precision, it refuses.
+#[test]
+fn native_evaluation_matches_libtorch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    save_tiny(&dir);
+    let stream = &fixture().stream;
+    let mut artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let torch = evaluate(&artifact, stream, &tmp.path().join("torch"), &|_| {}).unwrap();
+    let native = evaluate_with(
+        &artifact,
+        stream,
+        &tmp.path().join("native"),
+        &|_| {},
+        GnnBackend::Native,
+    )
+    .unwrap();
+    assert_eq!(torch.gnn_backend, GnnBackend::Libtorch);
+    assert_eq!(native.gnn_backend, GnnBackend::Native);
+    assert_eq!(native.transactions, torch.transactions);
+    assert_eq!(native.metrics.gbdt, torch.metrics.gbdt);
+    let (n, t) = (&native.metrics.gnn.overall, &torch.metrics.gnn.overall);
+    for (what, a, b) in [
+        ("PR-AUC", n.pr_auc, t.pr_auc),
+        ("ROC-AUC", n.roc_auc, t.roc_auc),
+    ] {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!((a - b).abs() < 1e-4, "{what}: native {a}, libtorch {b}");
+    }
+    let md = std::fs::read_to_string(tmp.path().join("native/report.md")).unwrap();
+    assert!(md.contains("(native forward pass)"), "{md}");
+
+    artifact.set_precision(Precision::Bf16);
+    let err = evaluate_with(
+        &artifact,
+        stream,
+        &tmp.path().join("x"),
+        &|_| {},
+        GnnBackend::Native,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("native backend runs in f32"),
+        "{err}"
+    );
 }

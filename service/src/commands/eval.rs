@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use fraudgraph_models::artifact::Artifact;
 use fraudgraph_models::dataset::{LabelledStream, ReplayProgress};
 use fraudgraph_models::eval::{self, EvalReport, METRICS_FILE, REPORT_FILE};
@@ -37,6 +37,17 @@ pub struct EvalArgs {
     /// accuracy (meant for CUDA; on the CPU they run, slower than f32).
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     precision: PrecisionChoice,
+    /// Which forward pass scores: libtorch (on --device, in --precision), or native (the
+    /// CPU pass `fraudgraph serve` runs there; f32 only).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Libtorch)]
+    backend: BackendChoice,
+}
+
+/// `--backend` of `fraudgraph eval`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendChoice {
+    Libtorch,
+    Native,
 }
 
 /// Runs the subcommand.
@@ -80,8 +91,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             tracing::info!("eval: {}/{} transactions replayed", p.done, p.total);
         }
     };
-    let report =
-        eval::evaluate(&artifact, &stream, &args.report, &progress).with_context(|| {
+    let backend = match args.backend {
+        BackendChoice::Libtorch => eval::GnnBackend::Libtorch,
+        BackendChoice::Native => eval::GnnBackend::Native,
+    };
+    let report = eval::evaluate_with(&artifact, &stream, &args.report, &progress, backend)
+        .with_context(|| {
             format!(
                 "evaluating {} on {} into {}",
                 args.artifact.display(),
