@@ -35,7 +35,7 @@ use crate::artifact::{Artifact, ArtifactError, score_gbdt, score_gnn};
 use crate::dataset::{self, DatasetError, LabelledStream, Period, ReplayProgress, SplitTimes};
 use crate::margin::{PrAucMargin, pr_auc_margin};
 use crate::metrics::{MetricError, Metrics, pr_curve, roc_curve};
-use crate::net::{NativeNet, NetError, Precision};
+use crate::net::{NATIVE_PART, NativeNet, NetError, Precision};
 use crate::plots::{self, PlotError};
 use crate::runtime;
 
@@ -185,10 +185,6 @@ impl GnnBackend {
         }
     }
 }
-
-/// Subgraphs per native forward pass: larger passes gather from tables that outgrow the
-/// caches (docs/BENCHMARKS.md, "The native forward pass").
-pub const NATIVE_PART: usize = 8;
 
 /// Scores and labels of the test transactions, in replay order.
 #[derive(Default)]

@@ -52,7 +52,7 @@ use crate::inference_mode::InferenceMode;
 use crate::tensors::{BatchTensors, NODE_TYPES};
 
 mod native;
-pub use native::NativeNet;
+pub use native::{NATIVE_PART, NativeNet};
 
 /// Hidden-sized vectors the readout concatenates: the target account's skip and final
 /// embedding, the transaction's other own entities (device, IP, merchant, card), a

@@ -36,6 +36,13 @@ const SEQ_AGE: usize = 1;
 /// Message types: every relation in both directions.
 const MESSAGE_TYPES: usize = 2 * Relation::ALL.len();
 
+/// Most subgraphs worth putting in one [`NativeNet`] pass: a larger batch is faster run as
+/// passes of this many. A pass over more gathers its projected rows from tables that
+/// outgrow the caches: per subgraph ~0.78 ms in passes of 8 against ~1.16 ms in one pass
+/// of 64 on a 2-core AMD VM (`cargo bench -p fraudgraph-models --bench forward`,
+/// `native/8` and `native/64`, docs/BENCHMARKS.md).
+pub const NATIVE_PART: usize = 8;
+
 /// A linear layer's parameters: `y = x·Wᵀ + b`.
 #[derive(Debug, Clone)]
 struct Dense {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use fraudgraph_models::net::NATIVE_PART;
 use fraudgraph_models::tensors::BatchTensors;
 use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::sample::Subgraph;
@@ -35,12 +36,6 @@ impl StagingBuffer {
     }
 }
 
-/// Most subgraphs in one native forward pass. A pass over more gathers its projected
-/// rows from tables that outgrow the caches: per subgraph it costs ~0.78 ms in passes of
-/// 8 but ~1.16 ms in one pass of 64 (`cargo bench -p fraudgraph-models --bench forward`,
-/// `native/8` and `native/64`, AMD VM, docs/BENCHMARKS.md).
-pub(super) const NATIVE_PART: usize = 8;
-
 /// Who is waiting for one row of a staged batch.
 pub(super) struct Waiter {
     pub(super) enqueued: Instant,
@@ -52,7 +47,7 @@ pub(super) struct Staged {
     /// The buffer, returned to the pool after the forward pass.
     pub(super) buffer: StagingBuffer,
     /// The batch on the inference device (`None` for the native backend, which reads the
-    /// buffer's collated batch itself), or why it could not be built.
+    /// buffer's [`StagingBuffer::parts`] itself), or why it could not be built.
     pub(super) tensors: Result<Option<BatchTensors>, String>,
     /// One per row, in order.
     pub(super) waiters: Vec<Waiter>,
