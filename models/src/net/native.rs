@@ -329,7 +329,6 @@ impl NativeNet {
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *guard;
         let h = self.hidden;
-        let bs = batch.size;
 
         // Input encoders, node types stacked.
         let rows: [usize; NODE_TYPES] = std::array::from_fn(|t| batch.node_graph[t].len());
@@ -356,9 +355,25 @@ impl NativeNet {
             self.update(layer, &rows, &offsets, s);
         }
 
-        // Readout: the target account's skip and final embedding, the transaction's own
-        // other entities and a transfer's receiver (zeros where it has none), the mean of
-        // every node type per subgraph.
+        let readout_in = self.readout_input(batch, &offsets, &own_account, &s.x);
+        debug_assert_eq!(nodes * h, s.x.len());
+        Ok(self.head(&readout_in, batch))
+    }
+
+    /// The readout's input `[B, READOUT_SLOTS·hidden]` from the final embeddings `x`: the
+    /// target account's skip (`own_account`) and final embedding, the transaction's own
+    /// other entities and a transfer's receiver (zeros where it has none), the mean of
+    /// every node type per subgraph.
+    fn readout_input(
+        &self,
+        batch: &Batch,
+        offsets: &[usize; NODE_TYPES],
+        own_account: &[Vec<f32>],
+        x: &[f32],
+    ) -> Vec<f32> {
+        let h = self.hidden;
+        let bs = batch.size;
+        let account = offsets[NodeType::Account.index()];
         let slots = READOUT_SLOTS as usize;
         let mut readout_in = vec![0.0f32; bs * slots * h];
         let mut counts = vec![0usize; bs * NODE_TYPES];
@@ -368,7 +383,7 @@ impl NativeNet {
                 let g = g as usize;
                 counts[g * NODE_TYPES + t] += 1;
                 let at = (g * slots + means_at + t) * h;
-                let x = &s.x[(offsets[t] + i) * h..][..h];
+                let x = &x[(offsets[t] + i) * h..][..h];
                 for (o, v) in readout_in[at..at + h].iter_mut().zip(x) {
                     *o += v;
                 }
@@ -378,7 +393,7 @@ impl NativeNet {
             let part = &mut readout_in[g * slots * h..(g + 1) * slots * h];
             part[..h].copy_from_slice(&own_account[g]);
             let target = account + batch.target_account[g] as usize;
-            part[h..2 * h].copy_from_slice(&s.x[target * h..][..h]);
+            part[h..2 * h].copy_from_slice(&x[target * h..][..h]);
             let own = NodeType::ALL[1..]
                 .iter()
                 .map(|t| (offsets[t.index()], batch.own_rows[t.index()][g]))
@@ -386,7 +401,7 @@ impl NativeNet {
             for (k, (offset, row)) in own.enumerate() {
                 if row != NO_ROW {
                     let r = offset + row as usize;
-                    part[(2 + k) * h..(3 + k) * h].copy_from_slice(&s.x[r * h..][..h]);
+                    part[(2 + k) * h..(3 + k) * h].copy_from_slice(&x[r * h..][..h]);
                 }
             }
             for t in 0..NODE_TYPES {
@@ -396,8 +411,16 @@ impl NativeNet {
                 }
             }
         }
+        readout_in
+    }
+
+    /// From the readout's input to the logits: readout, transaction encoder, temporal
+    /// attention and the fusion MLP.
+    fn head(&self, readout_in: &[f32], batch: &Batch) -> Vec<f32> {
+        let h = self.hidden;
+        let bs = batch.size;
         let mut graph = Vec::new();
-        self.readout.forward(&readout_in, bs, &mut graph);
+        self.readout.forward(readout_in, bs, &mut graph);
         relu(&mut graph);
         let mut txn = Vec::new();
         self.txn.forward(&batch.txn_features, bs, &mut txn);
@@ -414,8 +437,7 @@ impl NativeNet {
         relu(&mut hidden);
         let mut logits = Vec::new();
         self.fusion_out.forward(&hidden, bs, &mut logits);
-        debug_assert_eq!(nodes * h, s.x.len());
-        Ok(logits)
+        logits
     }
 
     /// The batch's flat edges, their softmax groups and every node's reach, shared by all
