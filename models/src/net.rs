@@ -289,6 +289,17 @@ struct MessageType {
     att: Tensor,
 }
 
+impl MessageType {
+    /// The projection that computes `role` for this message type.
+    fn projection(&self, role: Role) -> &nn::Linear {
+        match role {
+            Role::Query => &self.query,
+            Role::Key => &self.key,
+            Role::Value => &self.value,
+        }
+    }
+}
+
 /// One round of message passing.
 #[derive(Debug)]
 struct Layer {
@@ -1198,12 +1209,7 @@ impl HybridFraudNet {
         for layer in &self.layers {
             for slots in &self.layout.slots {
                 for &(m, role) in slots {
-                    let mt = &layer.messages[m];
-                    let linear = match role {
-                        Role::Query => &mt.query,
-                        Role::Key => &mt.key,
-                        Role::Value => &mt.value,
-                    };
+                    let linear = layer.messages[m].projection(role);
                     weights.push(&linear.ws);
                     biases.push(
                         linear

@@ -169,7 +169,7 @@ fn check_cases(batches: &[(String, Batch)]) {
 }
 
 #[test]
-fn fused_forward_matches_the_reference_on_a_fresh_net() {
+fn fused_and_native_passes_match_the_reference_on_fresh_nets() {
     let a = artifact();
     let subs = subgraphs(a.graph_config(), &a.sampler_config());
     let batches = batches(&subs, a.manifest.max_sequence);
@@ -191,6 +191,7 @@ fn fused_forward_matches_the_reference_on_a_fresh_net() {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = HybridFraudNet::new(&vs.root(), &config).unwrap();
         assert_fused_matches(&net, &batches);
+        assert_native_matches(&net, &batches);
     }
 }
 
@@ -348,31 +349,6 @@ fn assert_native_matches(net: &HybridFraudNet, batches: &[(String, Batch)]) {
             gap < TOLERANCE,
             "batch {name}: native probabilities differ by {gap}"
         );
-    }
-}
-
-#[test]
-fn native_pass_matches_the_reference_on_fresh_nets() {
-    let a = artifact();
-    let subs = subgraphs(a.graph_config(), &a.sampler_config());
-    let batches = batches(&subs, a.manifest.max_sequence);
-    for (seed, config) in [
-        (7, NetConfig::default()),
-        (
-            8,
-            NetConfig {
-                hidden: 16,
-                heads: 2,
-                layers: 2,
-                time_dims: 4,
-                ..NetConfig::default()
-            },
-        ),
-    ] {
-        tch::manual_seed(seed);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let net = HybridFraudNet::new(&vs.root(), &config).unwrap();
-        assert_native_matches(&net, &batches);
     }
 }
 

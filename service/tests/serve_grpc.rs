@@ -10,6 +10,7 @@ mod serve_support;
 
 use std::time::{Duration, Instant};
 
+use fraudgraph_proto::v1::fraud_scoring_client::FraudScoringClient;
 use fraudgraph_proto::v1::score_stream_response::Result as StreamResult;
 use fraudgraph_proto::v1::{
     ExplainRequest, FallbackReason, ModelKind, ScoreBatchRequest, ScoreRequest, Transaction,
@@ -17,6 +18,7 @@ use fraudgraph_proto::v1::{
 };
 use serve_support::{Serve, World};
 use tonic::Code;
+use tonic::transport::Channel;
 
 const SEED: u64 = 3;
 const SIM: u64 = 40_000;
@@ -44,6 +46,21 @@ fn request(t: &Transaction, timeout: Duration) -> tonic::Request<ScoreRequest> {
     });
     r.set_timeout(timeout);
     r
+}
+
+/// The GNN's scores of `txns`, one Score call each (each must be answered by the GNN).
+async fn gnn_scores(client: &mut FraudScoringClient<Channel>, txns: &[&Transaction]) -> Vec<f32> {
+    let mut scores = Vec::new();
+    for t in txns {
+        let r = client
+            .score(request(t, Duration::from_secs(2)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model, ModelKind::Gnn as i32, "{}", t.txn_id);
+        scores.push(r.score);
+    }
+    scores
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,16 +297,7 @@ async fn serves_the_whole_contract_over_a_real_socket() {
         .filter(|t| t.txn_id != target.txn_id)
         .take(10)
         .collect();
-    let mut native_scores = Vec::new();
-    for t in &unseen {
-        let r = client
-            .score(request(t, Duration::from_secs(2)))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.model, ModelKind::Gnn as i32);
-        native_scores.push(r.score);
-    }
+    let native_scores = gnn_scores(&mut client, &unseen).await;
 
     // Graceful shutdown writes the snapshot; a restart serves from it without warm-up.
     let status = serve.terminate();
@@ -320,19 +328,12 @@ async fn serves_the_whole_contract_over_a_real_socket() {
         "{}",
         again.log()
     );
-    let mut client = again.client();
-    for (t, native) in unseen.iter().zip(native_scores) {
-        let r = client
-            .score(request(t, Duration::from_secs(2)))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.model, ModelKind::Gnn as i32);
+    let libtorch_scores = gnn_scores(&mut again.client(), &unseen).await;
+    for ((t, native), libtorch) in unseen.iter().zip(native_scores).zip(libtorch_scores) {
         assert!(
-            (r.score - native).abs() < 1e-5,
-            "{}: libtorch {} against native {native}",
-            t.txn_id,
-            r.score
+            (libtorch - native).abs() < 1e-5,
+            "{}: libtorch {libtorch} against native {native}",
+            t.txn_id
         );
     }
     assert!(again.terminate().success());

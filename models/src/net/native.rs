@@ -23,7 +23,7 @@ use fraudgraph_sampler::features::SEQ_FEATURES;
 use fraudgraph_sampler::{NodeType, Relation};
 use tch::{Device, Kind, Tensor, nn};
 
-use super::{HybridFraudNet, Layout, NetError, READOUT_SLOTS, Role};
+use super::{HybridFraudNet, Layout, NetError, READOUT_SLOTS};
 use crate::tensors::{NODE_TYPES, check_batch};
 
 /// The epsilon of every LayerNorm of the net (tch's default, which the net is built with).
@@ -244,13 +244,7 @@ impl HybridFraudNet {
                     .map(|slots| {
                         let (mut weight, mut bias) = (Vec::new(), Vec::new());
                         for &(m, role) in slots {
-                            let mt = &layer.messages[m];
-                            let linear = match role {
-                                Role::Query => &mt.query,
-                                Role::Key => &mt.key,
-                                Role::Value => &mt.value,
-                            };
-                            let d = Dense::of(linear)?;
+                            let d = Dense::of(layer.messages[m].projection(role))?;
                             weight.extend(d.weight);
                             bias.extend(d.bias);
                         }
