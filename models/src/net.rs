@@ -375,6 +375,80 @@ impl Layout {
     }
 }
 
+/// One edge of a batch used in one direction ([`Layout::flat_edges`]): message type `m`
+/// from row `from` of its source type to row `to` of its destination type; edge `edge` of
+/// its relation.
+#[derive(Debug, Clone, Copy)]
+struct FlatEdge {
+    m: usize,
+    from: usize,
+    to: usize,
+    edge: usize,
+    /// Its softmax group, (message type, destination node), numbered densely: the query
+    /// slots of every node, node types in order.
+    group: usize,
+    /// Its destination's stacked row (node types stacked in order).
+    dst: usize,
+}
+
+impl Layout {
+    /// Every edge of a batch in both directions, as both the fused and the native pass
+    /// walk them: relations in order, each relation's edges in order, forward then
+    /// reverse (flat edge `2g + d`), into `flat`; every stacked node's reach (1 / the
+    /// number of message types with an edge into it, 1 if none) into `reach`. Returns
+    /// how many softmax groups there are. `rows`: rows per node type; `edges(r)`:
+    /// relation `r`'s (source row, destination row) pairs; `hits` is scratch.
+    fn flat_edges<I: IntoIterator<Item = (usize, usize)>>(
+        &self,
+        rows: &[usize],
+        mut edges: impl FnMut(usize) -> I,
+        flat: &mut Vec<FlatEdge>,
+        hits: &mut Vec<bool>,
+        reach: &mut Vec<f32>,
+    ) -> usize {
+        let types = self.ends.len();
+        let mut node_offset = Vec::with_capacity(rows.len());
+        let mut group_base = Vec::with_capacity(rows.len());
+        let (mut nodes, mut groups) = (0, 0);
+        for (&n, &q) in rows.iter().zip(&self.queries) {
+            node_offset.push(nodes);
+            group_base.push(groups);
+            nodes += n;
+            groups += n * q as usize;
+        }
+        flat.clear();
+        hits.clear();
+        hits.resize(nodes * types, false);
+        for r in 0..types / 2 {
+            for (edge, (src, dst)) in edges(r).into_iter().enumerate() {
+                // Forward, the message goes from the edge's source row to its destination
+                // row; reverse, the other way.
+                for (m, from, to) in [(2 * r, src, dst), (2 * r + 1, dst, src)] {
+                    let dst_t = self.ends[m].1;
+                    let row = node_offset[dst_t] + to;
+                    hits[row * types + m] = true;
+                    flat.push(FlatEdge {
+                        m,
+                        from,
+                        to,
+                        edge,
+                        group: group_base[dst_t]
+                            + to * self.queries[dst_t] as usize
+                            + self.query_slot[m] as usize,
+                        dst: row,
+                    });
+                }
+            }
+        }
+        reach.clear();
+        reach.extend(
+            hits.chunks_exact(types)
+                .map(|h| 1.0 / h.iter().filter(|&&x| x).count().max(1) as f32),
+        );
+        groups
+    }
+}
+
 /// The batch-dependent indices of the fused forward pass, built once per pass and shared
 /// by every layer. Node embeddings are stacked, `[nodes, hidden]`, node types in order.
 struct Plan {
@@ -1099,8 +1173,6 @@ impl HybridFraudNet {
         }
         let slots: Vec<i64> = lay.slots.iter().map(|s| s.len() as i64).collect();
         let base = offsets(rows.iter().zip(&slots).map(|(n, c)| n * c));
-        let group_base = offsets(rows.iter().zip(&lay.queries).map(|(n, q)| n * q));
-        let groups: i64 = rows.iter().zip(&lay.queries).map(|(n, q)| n * q).sum();
         // [2, E]: the source rows of every stacked edge, then their destination rows.
         let pairs = Vec::<i64>::try_from(
             &Tensor::cat(&b.edge_index, 1)
@@ -1109,44 +1181,38 @@ impl HybridFraudNet {
         )
         .unwrap_or_else(|e| unreachable!("edge indices are int64 ({e})"));
         let (src_rows, dst_rows) = pairs.split_at(total as usize);
+        let edge_offsets = offsets(counts.iter().copied());
+        let (mut flat, mut hits, mut reach) = (Vec::new(), Vec::new(), Vec::new());
+        let groups = lay.flat_edges(
+            &rows.iter().map(|&n| n as usize).collect::<Vec<_>>(),
+            |r| {
+                let span = edge_offsets[r] as usize..(edge_offsets[r] + counts[r]) as usize;
+                src_rows[span.clone()]
+                    .iter()
+                    .zip(&dst_rows[span])
+                    .map(|(&s, &d)| (s as usize, d as usize))
+            },
+            &mut flat,
+            &mut hits,
+            &mut reach,
+        ) as i64;
 
         let heads = self.config.heads as i64;
-        let types = lay.ends.len();
-        let flat = 2 * total as usize;
-        let mut query = Vec::with_capacity(flat);
-        let mut key = Vec::with_capacity(flat);
-        let mut value = Vec::with_capacity(flat);
-        let mut group = Vec::with_capacity(flat * heads as usize);
-        let mut dst = Vec::with_capacity(flat);
-        let mut message = Vec::with_capacity(flat);
-        let mut hits = vec![false; nodes as usize * types];
-        let mut g = 0;
-        for (r, &e) in counts.iter().enumerate() {
-            for _ in 0..e {
-                let (s, d) = (src_rows[g], dst_rows[g]);
-                // Forward, the message goes from the edge's source row to its destination
-                // row; reverse, the other way.
-                for (m, from, to) in [(2 * r, s, d), (2 * r + 1, d, s)] {
-                    let (src_t, dst_t) = lay.ends[m];
-                    query.push(to * slots[dst_t] + base[dst_t] + lay.query_slot[m]);
-                    let k = from * slots[src_t] + base[src_t] + lay.key_slot[m];
-                    key.push(k);
-                    value.push(k + 1);
-                    let slot = to * lay.queries[dst_t] + group_base[dst_t] + lay.query_slot[m];
-                    group.extend((0..heads).map(|h| slot * heads + h));
-                    let row = to + node_offsets[dst_t];
-                    dst.push(row);
-                    message.push(m as i64);
-                    hits[row as usize * types + m] = true;
-                }
-                g += 1;
-            }
+        let mut query = Vec::with_capacity(flat.len());
+        let mut key = Vec::with_capacity(flat.len());
+        let mut group = Vec::with_capacity(flat.len() * heads as usize);
+        let mut dst = Vec::with_capacity(flat.len());
+        let mut message = Vec::with_capacity(flat.len());
+        for fe in &flat {
+            let (src_t, dst_t) = lay.ends[fe.m];
+            query.push(fe.to as i64 * slots[dst_t] + base[dst_t] + lay.query_slot[fe.m]);
+            key.push(fe.from as i64 * slots[src_t] + base[src_t] + lay.key_slot[fe.m]);
+            group.extend((0..heads).map(|h| fe.group as i64 * heads + h));
+            dst.push(fe.dst as i64);
+            message.push(fe.m as i64);
         }
-        // A node's reach: how many message types have an edge into it.
-        let reach: Vec<f32> = hits
-            .chunks(types)
-            .map(|h| 1.0 / h.iter().filter(|&&x| x).count().max(1) as f32)
-            .collect();
+        // A source's value slot follows its key slot.
+        let value: Vec<i64> = key.iter().map(|k| k + 1).collect();
         let upload = |v: &[i64]| Tensor::from_slice(v).to_device(opts.1);
         Plan {
             rows,
@@ -1154,7 +1220,7 @@ impl HybridFraudNet {
             offsets: node_offsets,
             edges: Some(EdgePlan {
                 count: total,
-                offsets: offsets(counts.iter().copied()),
+                offsets: edge_offsets,
                 query: upload(&query),
                 key: upload(&key),
                 value: upload(&value),

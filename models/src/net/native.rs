@@ -23,7 +23,7 @@ use fraudgraph_sampler::features::SEQ_FEATURES;
 use fraudgraph_sampler::{NodeType, Relation};
 use tch::{Device, Kind, Tensor, nn};
 
-use super::{HybridFraudNet, Layout, NetError, READOUT_SLOTS};
+use super::{FlatEdge, HybridFraudNet, Layout, NetError, READOUT_SLOTS};
 use crate::tensors::{NODE_TYPES, check_batch};
 
 /// The epsilon of every LayerNorm of the net (tch's default, which the net is built with).
@@ -212,20 +212,6 @@ struct Scratch {
     tmp: Vec<f32>,
 }
 
-/// One edge used in one direction: message type `m` from row `from` of its source type
-/// to row `to` of its destination type, edge `edge` of its relation.
-#[derive(Debug, Clone, Copy)]
-struct FlatEdge {
-    m: usize,
-    from: usize,
-    to: usize,
-    edge: usize,
-    /// Its softmax group, (message type, destination node), numbered densely.
-    group: usize,
-    /// Its destination's stacked row.
-    dst: usize,
-}
-
 impl HybridFraudNet {
     /// A copy of the parameters as a [`NativeNet`] (converted to f32 and copied to the
     /// host if they are not already), which computes [`HybridFraudNet::predict`]'s
@@ -343,7 +329,7 @@ impl NativeNet {
             .map(|&r| row_of(&s.x, account + r as usize))
             .collect();
 
-        self.plan(batch, &rows, &offsets, s);
+        self.plan(batch, &rows, s);
         for layer in &self.layers {
             self.messages(layer, batch, &rows, s);
             self.update(layer, &rows, &offsets, s);
@@ -435,52 +421,18 @@ impl NativeNet {
     }
 
     /// The batch's flat edges, their softmax groups and every node's reach, shared by all
-    /// layers (what [`HybridFraudNet`]'s plan builds as index tensors).
-    fn plan(
-        &self,
-        batch: &Batch,
-        rows: &[usize; NODE_TYPES],
-        offsets: &[usize; NODE_TYPES],
-        s: &mut Scratch,
-    ) {
-        let lay = &self.layout;
-        let queries: Vec<usize> = lay.queries.iter().map(|&q| q as usize).collect();
-        let mut group_base = [0usize; NODE_TYPES];
-        let mut groups = 0;
-        for t in 0..NODE_TYPES {
-            group_base[t] = groups;
-            groups += rows[t] * queries[t];
-        }
-        let nodes: usize = rows.iter().sum();
-        s.flat.clear();
-        s.hits.clear();
-        s.hits.resize(nodes * MESSAGE_TYPES, false);
-        for r in Relation::ALL {
-            for (edge, &(src, dst)) in batch.edge_index[r.index()].iter().enumerate() {
-                let (src, dst) = (src as usize, dst as usize);
-                // Forward from the edge's source row to its destination row; reverse, back.
-                for (m, from, to) in [(2 * r.index(), src, dst), (2 * r.index() + 1, dst, src)] {
-                    let dst_t = lay.ends[m].1;
-                    let group =
-                        group_base[dst_t] + to * queries[dst_t] + lay.query_slot[m] as usize;
-                    let row = offsets[dst_t] + to;
-                    s.hits[row * MESSAGE_TYPES + m] = true;
-                    s.flat.push(FlatEdge {
-                        m,
-                        from,
-                        to,
-                        edge,
-                        group,
-                        dst: row,
-                    });
-                }
-            }
-        }
-        s.reach.clear();
-        s.reach.extend(
-            s.hits
-                .chunks_exact(MESSAGE_TYPES)
-                .map(|h| 1.0 / h.iter().filter(|&&x| x).count().max(1) as f32),
+    /// layers ([`Layout::flat_edges`], as the fused pass's plan builds them).
+    fn plan(&self, batch: &Batch, rows: &[usize; NODE_TYPES], s: &mut Scratch) {
+        let groups = self.layout.flat_edges(
+            rows,
+            |r| {
+                batch.edge_index[r]
+                    .iter()
+                    .map(|&(src, dst)| (src as usize, dst as usize))
+            },
+            &mut s.flat,
+            &mut s.hits,
+            &mut s.reach,
         );
         s.group_max.clear();
         s.group_max.resize(groups * self.heads, f32::NEG_INFINITY);
