@@ -359,7 +359,7 @@ pub fn evaluate_with(
         gnn_precision: artifact.precision(),
         gnn_device: match backend {
             GnnBackend::Libtorch => runtime::device_name(artifact.device()),
-            GnnBackend::Native => "cpu".to_owned(),
+            GnnBackend::Native => runtime::device_name(tch::Device::Cpu),
         },
         gnn_backend: backend,
     };
