@@ -9,10 +9,10 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fraudgraph_proto::v1::Transaction;
-use fraudgraph_sampler::NodeType;
 use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::graph::{Graph, GraphConfig, epoch_secs};
 use fraudgraph_sampler::sample::{SamplerConfig, sample};
+use fraudgraph_sampler::{NodeType, features};
 use fraudgraph_simulator::{SimConfig, Simulation};
 
 fn world(n: u64) -> Vec<Transaction> {
@@ -77,6 +77,17 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % targets.len();
             sample(&graph, targets[i], &config)
+        })
+    });
+
+    // The logarithm columns of a typical head-of-stream subgraph's rows: ~330 nodes (as
+    // accounts, 16 columns) and ~600 edges.
+    let mut node_rows: Vec<f32> = (0..330 * 16).map(|i| (i % 977) as f32 * 3.7).collect();
+    let mut edge_rows: Vec<f32> = (0..600 * 5).map(|i| (i % 613) as f32 * 1.3).collect();
+    c.bench_function("feature logarithms of one subgraph (ln1p_columns)", |b| {
+        b.iter(|| {
+            features::ln1p_columns(black_box(&mut node_rows), 16, &features::NODE_LOG_COLUMNS);
+            features::ln1p_columns(black_box(&mut edge_rows), 5, &features::EDGE_LOG_COLUMNS);
         })
     });
 

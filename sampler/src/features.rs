@@ -21,7 +21,7 @@ pub const FEATURE_SCHEMA_VERSION: u32 = 2;
 /// [`ln1p_count`]'s table holds exactly its values.
 ///
 /// Written without branches (the mantissa's range and a non-finite input are selects), so
-/// that [`ln1p4`] evaluates four of it in SIMD lanes.
+/// that [`ln1p_columns`] evaluates many of it side by side in SIMD lanes.
 pub const fn ln1p(x: f32) -> f32 {
     let y = 1.0 + x.max(0.0);
     let bits = y.to_bits();
@@ -35,17 +35,6 @@ pub const fn ln1p(x: f32) -> f32 {
     let ln_m = 2.0 * z * (1.0 + z2 * (1.0 / 3.0 + z2 * (0.2 + z2 * (1.0 / 7.0))));
     let r = exponent as f32 * std::f32::consts::LN_2 + ln_m;
     if y.is_finite() { r } else { y }
-}
-
-/// [`ln1p`] of four values at once: four calls of the branch-free [`ln1p`], which the
-/// compiler evaluates together in SIMD registers. A sampled node's features take two calls
-/// and an edge's one, instead of seven and three scalar evaluations.
-pub fn ln1p4(x: [f32; 4]) -> [f32; 4] {
-    let mut out = [0.0f32; 4];
-    for (o, x) in out.iter_mut().zip(x) {
-        *o = ln1p(x);
-    }
-    out
 }
 
 /// [`ln1p`] of the small counts every node and edge carries (degrees, sightings).
@@ -185,28 +174,116 @@ pub fn node_features_of(
     degrees: &[usize],
     out: &mut Vec<f32>,
 ) {
+    let start = out.len();
+    node_features_before_logs(agg, first_ms, t_ms, degrees, out);
+    for c in NODE_LOG_COLUMNS {
+        out[start + c] = ln1p(out[start + c]);
+    }
+}
+
+/// The columns of a node's row that [`node_features_before_logs`] leaves holding the
+/// argument of their [`ln1p`].
+pub const NODE_LOG_COLUMNS: [usize; 7] = [0, 1, 2, 3, 4, 5, 8];
+
+/// [`node_features_of`] with the columns [`NODE_LOG_COLUMNS`] left holding the argument of
+/// their logarithm, for a caller that takes the logarithms of many rows at once
+/// ([`ln1p_columns`]).
+pub fn node_features_before_logs(
+    agg: Option<[f32; 8]>,
+    first_ms: i64,
+    t_ms: i64,
+    degrees: &[usize],
+    out: &mut Vec<f32>,
+) {
     let agg = agg.unwrap_or([0.0; 8]);
     let count_7d = agg[2].max(1e-6);
     let resultant = (agg[6] * agg[6] + agg[7] * agg[7]).sqrt() / count_7d;
-    let [c1h, c24h, c7d, a1h] = ln1p4([agg[0], agg[1], agg[2], agg[3]]);
     let age_days = (t_ms - first_ms).max(0) as f32 / DAY_MS;
-    let [a24h, a7d, age, _] = ln1p4([agg[4], agg[5], age_days, 0.0]);
     out.extend_from_slice(&[
-        c1h,
-        c24h,
-        c7d,
-        a1h,
-        a24h,
-        a7d,
+        agg[0],
+        agg[1],
+        agg[2],
+        agg[3],
+        agg[4],
+        agg[5],
         resultant.clamp(0.0, 1.0),
         ((agg[0] + 1.0) / (agg[1] / 24.0 + 1.0)).ln(),
-        age,
+        age_days,
         0.0,
     ]);
     out.extend(degrees.iter().map(|&d| ln1p_count(d as u64)));
 }
 
-/// Node features of an entity the graph has not seen before `t`.
+/// Replaces `columns` of every `width`-wide row of `rows` by their [`ln1p`], the same bits
+/// as one call per value. Rows are taken a block at a time: their values gathered into an
+/// array of [`LN1P_BLOCK`], the logarithm taken of the whole array in one loop the compiler
+/// unrolls into SIMD lanes, and put back. (One [`ln1p`] after another is a chain of
+/// dependent divisions and multiplications; many side by side overlap.)
+///
+/// # Panics
+/// If a column is not below `width` (more than [`LN1P_BLOCK`] columns do not compile).
+pub fn ln1p_columns<const N: usize>(rows: &mut [f32], width: usize, columns: &[usize; N]) {
+    const { assert!(N > 0 && N <= LN1P_BLOCK, "1 to LN1P_BLOCK columns") };
+    assert!(
+        columns.iter().all(|&c| c < width),
+        "a column beyond the row"
+    );
+    let rows_per_block = LN1P_BLOCK / N;
+    let mut values = [0.0f32; LN1P_BLOCK];
+    for block in rows.chunks_mut(width * rows_per_block) {
+        for (row, out) in block.chunks_exact(width).zip(values.chunks_exact_mut(N)) {
+            for (o, &c) in out.iter_mut().zip(columns) {
+                *o = row[c];
+            }
+        }
+        ln1p_block(&mut values);
+        for (row, logs) in block.chunks_exact_mut(width).zip(values.chunks_exact(N)) {
+            for (&l, &c) in logs.iter().zip(columns) {
+                row[c] = l;
+            }
+        }
+    }
+}
+
+/// Values [`ln1p_columns`] takes the logarithm of at once.
+pub const LN1P_BLOCK: usize = 64;
+
+/// [`ln1p`] of every value of `values`, in AVX2's eight lanes where the CPU has them (twice
+/// the four of the x86-64 baseline the crate is compiled for). The same bits either way:
+/// [`ln1p`] is correctly rounded additions, multiplications and a division, whatever the
+/// lane width, and nothing is fused.
+fn ln1p_block(values: &mut [f32; LN1P_BLOCK]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        #[allow(unsafe_code)]
+        unsafe {
+            ln1p_block_avx2(values)
+        };
+        return;
+    }
+    ln1p_each(values);
+}
+
+/// [`ln1p_each`] compiled for AVX2. Only call it where the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn ln1p_block_avx2(values: &mut [f32; LN1P_BLOCK]) {
+    ln1p_each(values);
+}
+
+/// [`ln1p`] of each value in place: a loop over a fixed-size array, which the compiler
+/// unrolls into as many SIMD lanes as the function it is inlined into may use.
+#[inline(always)]
+fn ln1p_each(values: &mut [f32; LN1P_BLOCK]) {
+    for v in values {
+        *v = ln1p(*v);
+    }
+}
+
+/// Node features of an entity the graph has not seen before `t`. Its logarithm columns
+/// hold 0, which [`ln1p`] leaves as it is, so it needs no [`ln1p_columns`] pass and takes
+/// one unchanged.
 pub fn new_node_features(t: NodeType, out: &mut Vec<f32>) {
     let start = out.len();
     out.resize(start + node_width(t), 0.0);
@@ -215,23 +292,32 @@ pub fn new_node_features(t: NodeType, out: &mut Vec<f32>) {
 
 /// Edge features of a visible edge as of `t_s` (seconds).
 pub fn edge_features(e: &EdgeView, t_s: u32, target_edge: bool, out: &mut Vec<f32>) {
+    let start = out.len();
+    edge_features_before_logs(e, t_s, target_edge, out);
+    for c in EDGE_LOG_COLUMNS {
+        out[start + c] = ln1p(out[start + c]);
+    }
+}
+
+/// The columns of an edge's row that [`edge_features_before_logs`] leaves holding the
+/// argument of their [`ln1p`].
+pub const EDGE_LOG_COLUMNS: [usize; 3] = [1, 2, 3];
+
+/// [`edge_features`] with the columns [`EDGE_LOG_COLUMNS`] left holding the argument of
+/// their logarithm (see [`ln1p_columns`]).
+pub fn edge_features_before_logs(e: &EdgeView, t_s: u32, target_edge: bool, out: &mut Vec<f32>) {
     let days = |s: u32| t_s.saturating_sub(s) as f32 / 86_400.0;
-    let [mean_amount, since_first, since_last, _] = ln1p4([
+    out.extend_from_slice(&[
+        ln1p_count(u64::from(e.count)),
         e.amount / e.count.max(1) as f32,
         days(e.first_s),
         days(e.last_s),
-        0.0,
-    ]);
-    out.extend_from_slice(&[
-        ln1p_count(u64::from(e.count)),
-        mean_amount,
-        since_first,
-        since_last,
         f32::from(u8::from(target_edge)),
     ]);
 }
 
-/// Edge features of the target's own edge to an entity it never used before.
+/// Edge features of the target's own edge to an entity it never used before (like
+/// [`new_node_features`], unchanged by [`ln1p_columns`]).
 pub fn new_edge_features(out: &mut Vec<f32>) {
     out.extend_from_slice(&[0.0, 0.0, 0.0, 0.0, 1.0]);
 }
@@ -252,8 +338,9 @@ mod tests {
         assert_eq!(ln1p(-5.0), 0.0, "negative inputs clamp to 0");
     }
 
-    #[test]
-    fn four_lanes_give_the_same_bits_as_four_calls() {
+    /// Awkward inputs for [`ln1p`]: signed zeros, negatives, subnormals, the mantissa
+    /// reduction's boundary, the extremes, non-finite values, and a sweep of magnitudes.
+    fn awkward_values() -> Vec<f32> {
         let mut values = vec![
             0.0,
             -0.0,
@@ -274,14 +361,87 @@ mod tests {
             values.extend([x, x.next_up(), x.next_down(), -x]);
             x = x * 1.013 + 1e-7;
         }
-        for lanes in values.chunks(4) {
-            let mut four = [0.0f32; 4];
-            four[..lanes.len()].copy_from_slice(lanes);
-            let got = ln1p4(four);
-            for (v, g) in four.iter().zip(got) {
-                assert_eq!(g.to_bits(), ln1p(*v).to_bits(), "ln1p4 of {v:e}");
+        values
+    }
+
+    #[test]
+    fn every_lane_width_gives_the_same_bits_as_one_call_each() {
+        for block in awkward_values().chunks(LN1P_BLOCK) {
+            let mut values = [0.0f32; LN1P_BLOCK];
+            values[..block.len()].copy_from_slice(block);
+            let mut plain = values;
+            ln1p_each(&mut plain);
+            let mut chosen = values;
+            ln1p_block(&mut chosen);
+            for ((x, p), c) in values.iter().zip(plain).zip(chosen) {
+                let want = ln1p(*x).to_bits();
+                assert_eq!(p.to_bits(), want, "baseline lanes, ln1p({x:e})");
+                assert_eq!(c.to_bits(), want, "this CPU's lanes, ln1p({x:e})");
             }
         }
+    }
+
+    #[test]
+    fn the_log_columns_get_the_same_bits_as_one_call_each() {
+        let values = awkward_values();
+        // Rows of width 5 whose columns 1 and 3 are logarithms; the others must not move.
+        let width = 5;
+        let mut rows: Vec<f32> = values
+            .chunks(2)
+            .flat_map(|v| [7.0, v[0], 9.0, *v.get(1).unwrap_or(&0.0), 11.0])
+            .collect();
+        let before = rows.clone();
+        ln1p_columns(&mut rows, width, &[1, 3]);
+        for (got, was) in rows.chunks_exact(width).zip(before.chunks_exact(width)) {
+            for c in 0..width {
+                let want = if c == 1 || c == 3 {
+                    ln1p(was[c])
+                } else {
+                    was[c]
+                };
+                assert_eq!(got[c].to_bits(), want.to_bits(), "column {c} of {was:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_of_features_is_its_row_before_logs_with_the_logs_taken() {
+        let agg = Some([3.0, 40.0, 250.0, 1e4, 2e5, 9e6, 12.0, -30.0]);
+        let (first_ms, t_ms) = (1_600_000_000_000, 1_700_000_000_000);
+        let mut whole = Vec::new();
+        node_features_of(agg, first_ms, t_ms, &[0, 3, 300], &mut whole);
+        let mut rows = Vec::new();
+        node_features_before_logs(agg, first_ms, t_ms, &[0, 3, 300], &mut rows);
+        ln1p_columns(&mut rows, whole.len(), &NODE_LOG_COLUMNS);
+        assert_eq!(rows, whole);
+        assert!(
+            (whole[2] - 251.0f32.ln()).abs() < 1e-5,
+            "log_count_7d: {whole:?}"
+        );
+
+        let e = EdgeView {
+            nbr: crate::graph::NodeRef(5),
+            first_s: 1_000,
+            last_s: 90_000,
+            count: 4,
+            amount: 1_000.0,
+        };
+        let mut whole = Vec::new();
+        edge_features(&e, 500_000, true, &mut whole);
+        let mut rows = Vec::new();
+        edge_features_before_logs(&e, 500_000, true, &mut rows);
+        ln1p_columns(&mut rows, EDGE_FEATURES.len(), &EDGE_LOG_COLUMNS);
+        assert_eq!(rows, whole);
+        assert!(
+            (whole[1] - 251.0f32.ln()).abs() < 1e-5,
+            "log_mean_amount: {whole:?}"
+        );
+        // A new entity's row is all fixed points of the logarithm.
+        let mut fresh = Vec::new();
+        new_edge_features(&mut fresh);
+        let copy = fresh.clone();
+        ln1p_columns(&mut fresh, EDGE_FEATURES.len(), &EDGE_LOG_COLUMNS);
+        assert_eq!(fresh, copy);
     }
 
     #[test]

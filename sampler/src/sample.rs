@@ -13,7 +13,6 @@
 //! come from a state that predates it (see [`crate::graph`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -21,7 +20,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use fraudgraph_proto::v1::Transaction;
 
 use crate::features::{self, ln1p};
-use crate::graph::{EdgeView, Graph, MAX_PORTS, NodeRef, Side, epoch_secs, ports, txn_hash};
+use crate::graph::{
+    EdgeView, Graph, MAX_PORTS, NodeRef, SeqItem, Side, epoch_secs, ports, txn_hash,
+};
 use crate::prefetch::Intent;
 use crate::schema::{NodeType, Relation, edges_of};
 
@@ -236,6 +237,9 @@ struct Scratch {
     /// node's end.
     chosen: Vec<Candidate>,
     chosen_ends: Vec<usize>,
+    /// The account's sequence elements before the target, and the UTC offsets among them.
+    sequence: Vec<SeqItem>,
+    offsets: Vec<i16>,
 }
 
 impl Scratch {
@@ -255,6 +259,8 @@ impl Scratch {
             choose: ChooseScratch::default(),
             chosen: Vec::with_capacity(EXPECTED_NODES),
             chosen_ends: Vec::with_capacity(EXPECTED_NODES),
+            sequence: Vec::new(),
+            offsets: Vec::new(),
         }
     }
 
@@ -285,6 +291,8 @@ impl Scratch {
             choose: _, // `choose` clears its own buffers before each use.
             chosen,
             chosen_ends,
+            sequence,
+            offsets,
         } = self;
         by_ref.clear();
         by_key.clear();
@@ -295,6 +303,8 @@ impl Scratch {
         candidates.clear();
         chosen.clear();
         chosen_ends.clear();
+        sequence.clear();
+        offsets.clear();
     }
 }
 
@@ -342,8 +352,8 @@ impl Builder<'_, '_> {
         (self.add(t, Some(node), hop, None), true)
     }
 
-    /// Adds a node with its features as of t, read under one lock. The caller records a
-    /// known node's row in `by_ref`.
+    /// Adds a node with its features as of t, read under one lock, its logarithm columns
+    /// left for [`take_logs`]. The caller records a known node's row in `by_ref`.
     fn add(&mut self, t: NodeType, node: Option<NodeRef>, hop: u8, key: Option<&str>) -> u32 {
         let r = self.sub.nodes[t.index()].len() as u32;
         let out = &mut self.sub.node_features[t.index()];
@@ -365,7 +375,13 @@ impl Builder<'_, '_> {
                         *d = usize::from(stored);
                     }
                     let agg = Some(h.agg.at(t_ms));
-                    features::node_features_of(agg, h.first_ms, t_ms, &degrees[..ports], out);
+                    features::node_features_before_logs(
+                        agg,
+                        h.first_ms,
+                        t_ms,
+                        &degrees[..ports],
+                        out,
+                    );
                 } else {
                     self.graph.with_node(t, n, |node| {
                         let quiet = node.quiet_since(t_s);
@@ -379,7 +395,13 @@ impl Builder<'_, '_> {
                                     .filter(|e| e.as_of(t_s).is_some())
                                     .count();
                         }
-                        features::node_features(node, t_ms, &degrees[..ports], out);
+                        features::node_features_before_logs(
+                            node.aggregates_at(t_ms),
+                            node.first_ms,
+                            t_ms,
+                            &degrees[..ports],
+                            out,
+                        );
                     });
                 }
                 None
@@ -407,9 +429,10 @@ impl Builder<'_, '_> {
             return;
         }
         self.sub.edge_index[relation.index()].push((src, dst));
+        // Its logarithm columns are left for [`take_logs`].
         let out = &mut self.sub.edge_features[relation.index()];
         match view {
-            Some(v) => features::edge_features(v, self.t_s, target, out),
+            Some(v) => features::edge_features_before_logs(v, self.t_s, target, out),
             None => features::new_edge_features(out),
         }
     }
@@ -479,6 +502,8 @@ fn sample_with(
         choose: choose_scratch,
         chosen,
         chosen_ends,
+        sequence,
+        offsets,
     } = scratch;
     let t_ms = txn.event_time_ms;
     let t_s = epoch_secs(t_ms);
@@ -622,7 +647,28 @@ fn sample_with(
         std::mem::swap(frontier, next);
     }
 
-    transaction_features(&mut b, txn, account);
+    transaction_features(&mut b, txn, account, sequence, offsets);
+    take_logs(b.sub);
+}
+
+/// Takes the logarithms the node and edge rows were left with ([`Builder::add`],
+/// [`Builder::edge`]), every row of the subgraph in one pass per array: the rows are then
+/// exactly what [`features::node_features`] and [`features::edge_features`] give.
+fn take_logs(sub: &mut Subgraph) {
+    for t in NodeType::ALL {
+        features::ln1p_columns(
+            &mut sub.node_features[t.index()],
+            features::node_width(t),
+            &features::NODE_LOG_COLUMNS,
+        );
+    }
+    for rows in &mut sub.edge_features {
+        features::ln1p_columns(
+            rows,
+            features::EDGE_FEATURES.len(),
+            &features::EDGE_LOG_COLUMNS,
+        );
+    }
 }
 
 /// How many edges at the front of `list` (ordered by last sighting) were last
@@ -840,7 +886,15 @@ fn choose(
     }
 }
 
-fn transaction_features(b: &mut Builder<'_, '_>, txn: &Transaction, account: Option<NodeRef>) {
+/// The transaction's features and the account's sequence before it; `seq` and `offsets` are
+/// the caller's reused buffers (empty).
+fn transaction_features(
+    b: &mut Builder<'_, '_>,
+    txn: &Transaction,
+    account: Option<NodeRef>,
+    seq: &mut Vec<SeqItem>,
+    offsets: &mut Vec<i16>,
+) {
     let t_ms = b.t_ms;
     let offset = txn.client_utc_offset_minutes;
     let local_ms = t_ms + i64::from(offset.unwrap_or(0)) * 60_000;
@@ -862,16 +916,15 @@ fn transaction_features(b: &mut Builder<'_, '_>, txn: &Transaction, account: Opt
         ),
     ];
     let merchant = entities[2].1;
-    let (seq, known) = match account {
+    let known = match account {
         Some(a) => b.graph.with_node(NodeType::Account, a, |node| {
             let own = txn_hash(&txn.txn_id) as u64;
-            let seq: Vec<_> = node
-                .sequence
-                .iter()
-                .filter(|s| s.time_ms < t_ms && s.txn_hash != own)
-                .copied()
-                .collect();
-            let known = entities.map(|(relation, nbr)| {
+            seq.extend(
+                node.sequence
+                    .iter()
+                    .filter(|s| s.time_ms < t_ms && s.txn_hash != own),
+            );
+            entities.map(|(relation, nbr)| {
                 nbr.is_some_and(|nbr| {
                     let port = ports(NodeType::Account)
                         .iter()
@@ -881,20 +934,25 @@ fn transaction_features(b: &mut Builder<'_, '_>, txn: &Transaction, account: Opt
                         .iter()
                         .any(|e| e.nbr == nbr && e.as_of(b.t_s).is_some())
                 })
-            });
-            (seq, known)
+            })
         }),
-        None => (Vec::new(), [false; 3]),
+        None => [false; 3],
     };
+    let seq = &*seq;
+    // The account's usual UTC offset: the most frequent among its sequence, the largest on
+    // a tie (counted by sorting a copy: a sequence holds a few dozen elements).
     let usual_offset = {
-        let mut counts: HashMap<i16, usize> = HashMap::new();
-        for s in seq.iter().filter(|s| s.utc_offset_min != i16::MIN) {
-            *counts.entry(s.utc_offset_min).or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .max_by_key(|(o, c)| (*c, *o))
-            .map(|(o, _)| o)
+        offsets.extend(
+            seq.iter()
+                .map(|s| s.utc_offset_min)
+                .filter(|&o| o != i16::MIN),
+        );
+        offsets.sort_unstable();
+        offsets
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run.len(), run[0]))
+            .max()
+            .map(|(_, o)| o)
     };
     let mean_amount = if seq.is_empty() {
         0.0
@@ -932,7 +990,7 @@ fn transaction_features(b: &mut Builder<'_, '_>, txn: &Transaction, account: Opt
             0.0
         },
     ]);
-    for s in &seq {
+    for s in seq {
         let h =
             (s.time_ms.rem_euclid(86_400_000)) as f32 / 3_600_000.0 * std::f32::consts::TAU / 24.0;
         b.sub.sequence.extend_from_slice(&[

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use common::{T0, TxnSpec, make, txn_strategy};
 use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::features::{self, EDGE_FEATURES, NODE_BASE_FEATURES};
-use fraudgraph_sampler::graph::{Graph, GraphConfig, epoch_secs};
+use fraudgraph_sampler::graph::{Graph, GraphConfig, Side, epoch_secs, ports};
 use fraudgraph_sampler::sample::{SamplerConfig, Strategy, Subgraph, sample};
 use fraudgraph_sampler::{NodeType, Relation, edges_of};
 use proptest::prelude::*;
@@ -72,13 +72,49 @@ fn assert_features_match_the_nodes(g: &Graph, sub: &Subgraph) {
     }
 }
 
+/// Edge features of every sampled edge, recomputed from the stored edge as of the target's
+/// time (a new entity's edge, or one the graph has not seen before t, gets the new edge's
+/// row); the target-edge flag is taken from the row, which the sampler sets for the
+/// transaction's own edges.
+fn assert_edge_features_match_the_edges(g: &Graph, sub: &Subgraph) {
+    let t_s = epoch_secs(sub.t_ms);
+    let w = EDGE_FEATURES.len();
+    for r in Relation::ALL {
+        let (st, dt) = r.endpoints();
+        let port = ports(st)
+            .iter()
+            .position(|p| *p == (r, Side::Out))
+            .expect("the source's out port");
+        for (i, &(s, d)) in sub.edge_index[r.index()].iter().enumerate() {
+            let got = &sub.edge_features[r.index()][i * w..(i + 1) * w];
+            let src = sub.nodes[st.index()][s as usize].node;
+            let dst = sub.nodes[dt.index()][d as usize].node;
+            let view = src.zip(dst).and_then(|(src, dst)| {
+                g.with_node(st, src, |node| {
+                    node.ports[port]
+                        .iter()
+                        .find(|e| e.nbr == dst)
+                        .and_then(|e| e.as_of(t_s))
+                })
+            });
+            let mut expected = Vec::new();
+            match view {
+                Some(v) => features::edge_features(&v, t_s, got[w - 1] == 1.0, &mut expected),
+                None => features::new_edge_features(&mut expected),
+            }
+            assert_eq!(got, &expected[..], "{r:?} edge {i}");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
-    /// Sampled node features are the nodes' own, as of the target's time, whether the
-    /// sampler read a node from its lock-free first line or under its lock.
+    /// Sampled node and edge features are the nodes' and edges' own, as of the target's
+    /// time, whether the sampler read a node from its lock-free first line or under its
+    /// lock.
     #[test]
-    fn node_features_are_the_nodes_as_of_t(mut events in prop::collection::vec(txn_strategy(), 1..60), target in txn_strategy(), back in 0i64..5_000_000) {
+    fn features_are_the_nodes_and_edges_as_of_t(mut events in prop::collection::vec(txn_strategy(), 1..60), target in txn_strategy(), back in 0i64..5_000_000) {
         events.sort_by_key(|e| e.6);
         let history = stream(events);
         let g = graph_of(&history);
@@ -86,7 +122,9 @@ proptest! {
         // At the head of the stream, or back in time among the nodes' updates.
         target.event_time_ms = history.last().map_or(T0, |t| t.event_time_ms) + 1_000 - back;
         for config in configs() {
-            assert_features_match_the_nodes(&g, &sample(&g, &target, &config));
+            let sub = sample(&g, &target, &config);
+            assert_features_match_the_nodes(&g, &sub);
+            assert_edge_features_match_the_edges(&g, &sub);
         }
     }
 
