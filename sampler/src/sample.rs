@@ -417,6 +417,10 @@ impl Builder<'_, '_> {
         r
     }
 
+    /// Adds an edge between two rows unless it is there already. `found_once` says that
+    /// it cannot be found again (its far end was first reached at the last hop, so never
+    /// expands, and the node expanded finds each neighbour once): it is then not looked up
+    /// or recorded, which most of a subgraph's edges need not be.
     fn edge(
         &mut self,
         relation: Relation,
@@ -424,8 +428,9 @@ impl Builder<'_, '_> {
         dst: u32,
         view: Option<&EdgeView>,
         target: bool,
+        found_once: bool,
     ) {
-        if !self.rows.edges.insert((relation, src, dst)) {
+        if !found_once && !self.rows.edges.insert((relation, src, dst)) {
             return;
         }
         self.sub.edge_index[relation.index()].push((src, dst));
@@ -558,7 +563,7 @@ fn sample_with(
                     .and_then(|e| e.as_of(t_s))
             })
         });
-        b.edge(relation, sr, dr, view.as_ref(), true);
+        b.edge(relation, sr, dr, view.as_ref(), true, false);
     }
 
     // Hops 1..=3: every node first reached at the hop before adds up to
@@ -567,6 +572,7 @@ fn sample_with(
     frontier.extend(account.map(|a| (NodeType::Account, a, account_row)));
     let most_recent = config.strategy == Strategy::MostRecent;
     for (hop, &fanout) in config.fanouts.iter().enumerate() {
+        let last_hop = hop + 1 == config.fanouts.len();
         let hop = hop as u8 + 1;
         next.clear();
         if hop == 1 {
@@ -640,7 +646,7 @@ fn sample_with(
                 } else {
                     (nbr_row, src_row)
                 };
-                b.edge(relation, sr, dr, Some(&view), false);
+                b.edge(relation, sr, dr, Some(&view), false, is_new && last_hop);
             }
             from = to;
         }

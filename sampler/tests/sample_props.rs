@@ -72,14 +72,21 @@ fn assert_features_match_the_nodes(g: &Graph, sub: &Subgraph) {
     }
 }
 
-/// Edge features of every sampled edge, recomputed from the stored edge as of the target's
-/// time (a new entity's edge, or one the graph has not seen before t, gets the new edge's
-/// row); the target-edge flag is taken from the row, which the sampler sets for the
+/// Every sampled edge once, with its features recomputed from the stored edge as of the
+/// target's time (a new entity's edge, or one the graph has not seen before t, gets the new
+/// edge's row); the target-edge flag is taken from the row, which the sampler sets for the
 /// transaction's own edges.
 fn assert_edge_features_match_the_edges(g: &Graph, sub: &Subgraph) {
     let t_s = epoch_secs(sub.t_ms);
     let w = EDGE_FEATURES.len();
     for r in Relation::ALL {
+        let pairs = &sub.edge_index[r.index()];
+        let distinct: HashSet<_> = pairs.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            pairs.len(),
+            "{r:?} has an edge twice: {pairs:?}"
+        );
         let (st, dt) = r.endpoints();
         let port = ports(st)
             .iter()
