@@ -1,6 +1,8 @@
 //! Criterion benches of the sampler's inner pieces on a simulated world:
 //! applying a transaction, an edge's causal view, a node's aggregates as of
-//! an instant, sampling one neighbourhood, and collating a batch.
+//! an instant, sampling one neighbourhood (at the head of the stream, as the
+//! service does, and looking back at a target in the past), the feature
+//! logarithms of a subgraph, and collating a batch.
 //!
 //! `cargo bench -p fraudgraph-sampler`; the end-to-end figures come from
 //! `fraudgraph bench sampler` (docs/BENCHMARKS.md).
@@ -11,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fraudgraph_proto::v1::Transaction;
 use fraudgraph_sampler::batch::Batch;
 use fraudgraph_sampler::graph::{Graph, GraphConfig, epoch_secs};
-use fraudgraph_sampler::sample::{SamplerConfig, sample};
+use fraudgraph_sampler::sample::{SamplerConfig, sample, sample_into};
 use fraudgraph_sampler::{NodeType, features};
 use fraudgraph_simulator::{SimConfig, Simulation};
 
@@ -69,6 +71,23 @@ fn benches(c: &mut Criterion) {
             graph.with_node(NodeType::Merchant, merchant, |n| {
                 n.aggregates_at(black_box(last.event_time_ms))
             })
+        })
+    });
+
+    // At the head of the stream, as the service samples: the graph holds the first 90,000
+    // transactions and each target is one of the next, not applied yet.
+    let head = Graph::new(GraphConfig::default());
+    for t in &txns[..90_000] {
+        head.apply(t);
+    }
+    let upcoming: Vec<&Transaction> = txns[90_000..].iter().step_by(37).take(256).collect();
+    let mut out = fraudgraph_sampler::sample::Subgraph::sized_for(&head);
+    let mut i = 0;
+    c.bench_function("sample 20/10/5 at the head of the stream", |b| {
+        b.iter(|| {
+            i = (i + 1) % upcoming.len();
+            sample_into(&head, upcoming[i], &config, &mut out);
+            out.node_count()
         })
     });
 
