@@ -1052,6 +1052,10 @@ impl Graph {
         // whose `agg.l_ms` is already at least e, which lets samplers skip per-edge checks
         // on nodes that have not changed since the target's time. Edges that full lists
         // drop are removed at their other (cold) end last, after a prefetch.
+        // New mirror segments are allocated here, under no lock (see `hot`).
+        for table in &self.hot {
+            table.grow_ahead();
+        }
         let (mut entities, edges) = entities_of(txn);
         for (i, e) in entities.iter_mut().enumerate() {
             // The payer (the first entity mentioned) keeps the sequence.
