@@ -16,7 +16,7 @@
 //! sees the same even number before and after its loads (a seqlock). Every field is an
 //! atomic, so a torn read is detected, never undefined behaviour.
 //!
-//! A new segment is allocated by the writer ahead of need ([`HotTable::grow_ahead`]), outside
+//! A new segment is allocated by the writer ahead of need (`HotTable::grow_ahead`), outside
 //! any shard lock: filling a segment of millions of records takes tens of milliseconds
 //! (41 ms for 64 MB on the 2-core VM), and under the shard lock of the node that first
 //! needed it, every sampler reading that shard would wait as long.
