@@ -176,9 +176,8 @@ pub fn node_features_of(
 ) {
     let start = out.len();
     node_features_before_logs(agg, first_ms, t_ms, degrees, out);
-    for c in NODE_LOG_COLUMNS {
-        out[start + c] = ln1p(out[start + c]);
-    }
+    let width = out.len() - start;
+    ln1p_columns(&mut out[start..], width, &NODE_LOG_COLUMNS);
 }
 
 /// The columns of a node's row that [`node_features_before_logs`] leaves holding the
@@ -294,9 +293,7 @@ pub fn new_node_features(t: NodeType, out: &mut Vec<f32>) {
 pub fn edge_features(e: &EdgeView, t_s: u32, target_edge: bool, out: &mut Vec<f32>) {
     let start = out.len();
     edge_features_before_logs(e, t_s, target_edge, out);
-    for c in EDGE_LOG_COLUMNS {
-        out[start + c] = ln1p(out[start + c]);
-    }
+    ln1p_columns(&mut out[start..], EDGE_FEATURES.len(), &EDGE_LOG_COLUMNS);
 }
 
 /// The columns of an edge's row that [`edge_features_before_logs`] leaves holding the
