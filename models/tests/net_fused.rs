@@ -196,14 +196,6 @@ fn fused_and_native_passes_match_the_reference_on_fresh_nets() {
 }
 
 #[test]
-fn fused_forward_matches_the_reference_on_the_default_artifact() {
-    let a = artifact();
-    let subs = subgraphs(a.graph_config(), &a.sampler_config());
-    let batches = batches(&subs, a.manifest.max_sequence);
-    assert_fused_matches(&a.net, &batches);
-}
-
-#[test]
 fn fused_gradients_match_the_reference() {
     let a = artifact();
     let subs = subgraphs(a.graph_config(), &a.sampler_config());
@@ -352,11 +344,13 @@ fn assert_native_matches(net: &HybridFraudNet, batches: &[(String, Batch)]) {
     }
 }
 
+/// Both passes against the reference on the default artifact's batches (sampled once).
 #[test]
-fn native_pass_matches_the_reference_on_the_default_artifact() {
+fn fused_and_native_passes_match_the_reference_on_the_default_artifact() {
     let a = artifact();
     let subs = subgraphs(a.graph_config(), &a.sampler_config());
     let batches = batches(&subs, a.manifest.max_sequence);
+    assert_fused_matches(&a.net, &batches);
     assert_native_matches(&a.net, &batches);
     // The same call again reuses its buffers: the same answer.
     let native = a.net.native().unwrap();
