@@ -17,12 +17,17 @@ use support::{fixture, save_tiny};
 
 const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
+/// The tiny artifact saved under `tmp` and loaded for the CPU.
+fn tiny_artifact(tmp: &tempfile::TempDir) -> Artifact {
+    let dir = tmp.path().join("model");
+    save_tiny(&dir);
+    Artifact::load(&dir, Device::Cpu).unwrap()
+}
+
 #[test]
 fn evaluation_writes_metrics_report_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    save_tiny(&dir);
-    let artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let artifact = tiny_artifact(&tmp);
     let stream = &fixture().stream;
     let report_dir = tmp.path().join("reports/eval");
     let calls = Cell::new(0usize);
@@ -200,9 +205,7 @@ fn evaluation_writes_metrics_report_and_plots() {
 #[test]
 fn a_stream_without_a_test_period_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    save_tiny(&dir);
-    let artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let artifact = tiny_artifact(&tmp);
     // Only the first day: everything is warm-up.
     let mut stream = fixture().stream.clone();
     let first = stream.transactions[0].event_time_ms;
@@ -220,10 +223,8 @@ fn a_stream_without_a_test_period_is_a_clear_error() {
 #[test]
 fn half_precision_evaluation_says_so_and_stays_close_to_f32() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    save_tiny(&dir);
     let stream = &fixture().stream;
-    let mut artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let mut artifact = tiny_artifact(&tmp);
     let full = evaluate(&artifact, stream, &tmp.path().join("f32"), &|_| {}).unwrap();
     assert_eq!(full.gnn_precision, Precision::F32);
 
@@ -252,10 +253,8 @@ fn half_precision_evaluation_says_so_and_stays_close_to_f32() {
 #[test]
 fn native_evaluation_matches_libtorch() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("model");
-    save_tiny(&dir);
     let stream = &fixture().stream;
-    let mut artifact = Artifact::load(&dir, Device::Cpu).unwrap();
+    let mut artifact = tiny_artifact(&tmp);
     let torch = evaluate(&artifact, stream, &tmp.path().join("torch"), &|_| {}).unwrap();
     let native = evaluate_with(
         &artifact,
