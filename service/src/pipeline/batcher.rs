@@ -193,6 +193,31 @@ mod tests {
         thread: std::thread::JoinHandle<()>,
     }
 
+    /// Queues the requests numbered `ids`; their reply receivers, kept by the caller so
+    /// that the batcher's replies have somewhere to go.
+    fn send(
+        run: &Running,
+        graph: &Graph,
+        ids: std::ops::Range<usize>,
+    ) -> Vec<oneshot::Receiver<GnnResult>> {
+        ids.map(|i| {
+            let (next, rx) = item(graph, i);
+            run.items.send(next).unwrap();
+            rx
+        })
+        .collect()
+    }
+
+    /// The batch staged once the inference thread hands back a buffer, after the queued
+    /// requests have had time to reach the batcher.
+    fn staged_once_a_buffer_frees(run: &Running) -> Staged {
+        std::thread::sleep(Duration::from_millis(30));
+        run.free.send(StagingBuffer::default()).unwrap();
+        run.staged
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a batch is staged")
+    }
+
     fn start(buffers: usize, max_wait: Duration) -> Running {
         start_for(buffers, max_wait, true)
     }
@@ -228,24 +253,12 @@ mod tests {
     fn a_backlog_joins_the_batch_formed_when_a_buffer_frees_up() {
         let graph = Graph::new(GraphConfig::default());
         let run = start(1, Duration::from_millis(1));
-        let mut replies = Vec::new();
-        let (first, rx) = item(&graph, 0);
-        replies.push(rx);
-        run.items.send(first).unwrap();
+        let mut replies = send(&run, &graph, 0..1);
         // The first window closes with one request; the batcher now waits for a buffer
         // (the inference thread is "busy") while nine more arrive.
         std::thread::sleep(Duration::from_millis(30));
-        for i in 1..10 {
-            let (next, rx) = item(&graph, i);
-            replies.push(rx);
-            run.items.send(next).unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(30));
-        run.free.send(StagingBuffer::default()).unwrap();
-        let staged = run
-            .staged
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a batch is staged");
+        replies.extend(send(&run, &graph, 1..10));
+        let staged = staged_once_a_buffer_frees(&run);
         assert_eq!(staged.waiters.len(), 10, "the backlog joined the batch");
         assert_eq!(staged.tensors.expect("collated").expect("tensors").size, 10);
         drop(run.items);
@@ -295,18 +308,8 @@ mod tests {
         let graph = Graph::new(GraphConfig::default());
         let run = start_for(1, Duration::from_millis(1), false);
         let n = 2 * NATIVE_PART + 3;
-        let mut replies = Vec::new();
-        for i in 0..n {
-            let (next, rx) = item(&graph, i);
-            replies.push(rx);
-            run.items.send(next).unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(30));
-        run.free.send(StagingBuffer::default()).unwrap();
-        let staged = run
-            .staged
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a batch is staged");
+        let _replies = send(&run, &graph, 0..n);
+        let staged = staged_once_a_buffer_frees(&run);
         assert_eq!(staged.waiters.len(), n);
         assert!(matches!(staged.tensors, Ok(None)), "no tensors for native");
         let sizes: Vec<usize> = staged.buffer.parts().iter().map(|p| p.size).collect();
